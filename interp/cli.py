@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import interp
 
@@ -25,6 +28,54 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def heads(args: argparse.Namespace) -> int:
+    from interp import batch
+
+    shard = tuple(int(part) for part in args.shard.split("/")) if args.shard else (1, 1)
+    job = batch.HeadsJob(
+        models=tuple(args.model or [batch.DEFAULT_MODEL]), prompts_file=args.prompts, random_repeated=args.random_repeated,
+        length=args.length, seed=args.seed, batch_size=args.batch_size, unit_size=args.unit_size, device=args.device,
+        dtype=args.dtype, out_dir=args.out, top_k=args.top_k, resume=args.resume, shard=shard,  # type: ignore[arg-type]
+        formats=tuple(args.format.split(",")), strict=args.strict, exclude_bos=args.exclude_bos,
+        exclude_current_token=args.exclude_current_token, progress=not args.no_progress)
+    outcomes = batch.run(job)
+    print(batch.terminal_summary(outcomes, args.top_k))
+    return 0
+
+
+def _shard(text: str) -> str:
+    if not re.fullmatch(r"\d+/\d+", text):
+        raise argparse.ArgumentTypeError(f"--shard takes k/N, e.g. 1/4, got {text!r}")
+    return text
+
+
+def add_heads_command(commands: Any) -> None:
+    parser = commands.add_parser(
+        "heads", help="score every head as induction / previous-token / duplicate-token and write reports",
+        description="Head-score report (CSV, JSON, Markdown, HTML) for one or more models. With neither --prompts "
+                    "nor --random-repeated, scores 100 repeated random-token sequences.")
+    parser.add_argument("--model", action="append", help="bundled name (default interp-toy), hub id, directory "
+                        "or .safetensors file; repeat for several models")
+    parser.add_argument("--prompts", type=Path, help="text file, one prompt per line, or .jsonl ({\"text\": ...} per line)")
+    parser.add_argument("--random-repeated", type=int, metavar="N", help="score N sequences of BOS + L random tokens repeated twice")
+    parser.add_argument("--length", type=int, default=50, metavar="L", help="random tokens per copy (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--unit-size", type=int, default=64, help="sequences per saved unit of work (resume granularity)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports/)")
+    parser.add_argument("--top-k", type=int, default=5, help="heads listed per score type")
+    parser.add_argument("--resume", action="store_true", help="skip units already finished in --out")
+    parser.add_argument("--shard", type=_shard, help="run shard k of N (e.g. 2/4); the report appears when all shards are done")
+    parser.add_argument("--format", default="csv,json,md,html", help="comma-separated: csv,json,md,html")
+    parser.add_argument("--strict", action="store_true", help="fail on any bad prompt line instead of skipping it")
+    parser.add_argument("--exclude-bos", action="store_true", help="score attention as a fraction of non-BOS attention")
+    parser.add_argument("--exclude-current-token", action="store_true", help="...and/or of attention off the diagonal")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=heads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability for GPT-2-family models.")
     parser.add_argument("--version", action="version", version=f"interp {interp.__version__}")
@@ -33,12 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.add_argument("model", help="bundled name (interp-toy), hub id, directory or .safetensors file")
     info_parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
     info_parser.set_defaults(run=info)
-    try:
-        from interp.report_cli import add_heads_command
-    except ImportError:
-        pass
-    else:
-        add_heads_command(commands)
+    add_heads_command(commands)
     return parser
 
 

@@ -1,0 +1,132 @@
+"""Forward and caching cost: `transformers` GPT-2 (sdpa) vs interp, in one process, interleaved.
+
+    python benchmarks/bench_forward.py            # GPT-2 small shape, 1x128, 8x256, 4x1024, 5 reps (~10 min)
+    python benchmarks/bench_forward.py --quick    # tiny shapes, 1 rep: a smoke test for CI
+
+Random weights with the exact GPT-2 small config (LayerNorm gains/biases randomised), fp32, 2 threads,
+medians of interleaved reps after a warm-up. Peak RSS of one call is VmHWM after resetting it
+(/proc/self/clear_refs), minus the RSS before the call. Writes a section of benchmarks/RESULTS.md
+and benchmarks/results_forward.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from interp import HookedTransformer
+from interp.testing import hf_config, random_hf_gpt2
+
+HERE = Path(__file__).parent
+MARK = "bench_forward"
+
+
+def rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_rss_of(fn) -> int:
+    """Extra resident memory at the peak of one call of fn (Linux; 0 where unsupported)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return 0
+    before = rss_bytes("VmRSS")
+    result = fn()
+    peak = rss_bytes("VmHWM")
+    del result
+    return peak - before
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{cpu}; {torch.get_num_threads()} threads; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def write_section(markdown: str) -> None:
+    """Replace this benchmark's section of RESULTS.md (other benchmarks own other sections)."""
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by the script it names.\n"
+    start, end = f"<!-- {MARK}:start -->", f"<!-- {MARK}:end -->"
+    block = f"{start}\n{markdown}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and shapes, 1 rep (CI smoke test)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        config = hf_config(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=500)
+        shapes, reps, memory_shape = [(1, 16), (2, 64)], 1, (2, 64)
+    else:
+        config, shapes, reps, memory_shape = hf_config(), [(1, 128), (8, 256), (4, 1024)], args.reps, (4, 1024)
+    hf_model = random_hf_gpt2(config, seed=0, attn_implementation="sdpa")
+    model = HookedTransformer.from_pretrained(hf_model)
+    patterns_only = lambda name: name.endswith("hook_pattern")  # noqa: E731
+    runners = {
+        "hf_sdpa": lambda t: hf_model(t).logits,
+        "interp_forward": lambda t: model(t),
+        "interp_cache_all": lambda t: model.run_with_cache(t),
+        "interp_cache_patterns": lambda t: model.run_with_cache(t, names_filter=patterns_only),
+    }
+    results: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for batch, pos in shapes:
+            tokens = torch.randint(0, config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(0))
+            for run in runners.values():  # warm-up
+                run(tokens)
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(reps):
+                for name, run in runners.items():
+                    start = time.perf_counter()
+                    out = run(tokens)
+                    times[name].append(time.perf_counter() - start)
+                    del out
+            results[f"{batch}x{pos}"] = {name: statistics.median(values) * 1000 for name, values in times.items()}
+            print(f"{batch}x{pos}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in results[f'{batch}x{pos}'].items()),
+                  file=sys.stderr)
+        tokens = torch.randint(0, config.vocab_size, memory_shape, generator=torch.Generator().manual_seed(0))
+        memory = {name: peak_rss_of(lambda: run(tokens)) / 2**20 for name, run in runners.items()}
+    label = f"{memory_shape[0]}x{memory_shape[1]}"
+    rows = ["| shape | HF sdpa ms | interp forward ms | ratio (≤1.00) | cache-all ms | cache-all / our forward (≤1.3) | "
+            "patterns-only ms | patterns / our forward |", "|---|---|---|---|---|---|---|---|"]
+    for shape, r in results.items():
+        rows.append(f"| {shape} | {r['hf_sdpa']:.1f} | {r['interp_forward']:.1f} | {r['interp_forward'] / r['hf_sdpa']:.3f} | "
+                    f"{r['interp_cache_all']:.1f} | {r['interp_cache_all'] / r['interp_forward']:.3f} | "
+                    f"{r['interp_cache_patterns']:.1f} | {r['interp_cache_patterns'] / r['interp_forward']:.3f} |")
+    memory_rows = ["| call | peak extra RSS (MiB) |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in memory.items()]
+    command = "python benchmarks/bench_forward.py" + (" --quick" if args.quick else "")
+    markdown = "\n".join([
+        f"## Forward and caching ({'quick smoke run, tiny model' if args.quick else 'GPT-2 small shape'})", "",
+        f"Machine: {machine()}.  ", f"Command: `{command}` ({reps} interleaved reps, medians, fp32, no_grad).", "",
+        *rows, "", f"Peak extra RSS of one call at {label}:", "", *memory_rows,
+    ])
+    print(markdown)
+    if not args.no_write and not args.quick:
+        write_section(markdown)
+        (HERE / "results_forward.json").write_text(json.dumps({"machine": machine(), "times_ms": results,
+                                                                "peak_rss_mib": memory}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
