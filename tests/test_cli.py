@@ -1,0 +1,83 @@
+"""The `interp` command line and scripts/head_scores.py (the same code), as a user runs them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from interp.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and "interp 0.1.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["heads", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--shard" in out and "--resume" in out and "--random-repeated" in out
+
+
+def test_info_prints_config_and_parameter_count(capsys):
+    code, out, _ = run_cli(capsys, "info", "interp-toy")
+    assert code == 0
+    assert "n_layers            2" in out and "parameters" in out and "GPT2TokenizerFast" in out
+
+
+def test_bad_model_name_suggests_and_explains_offline_use(capsys):
+    code, _, err = run_cli(capsys, "heads", "--model", "gtp2", "--no-progress", "--out", "unused")
+    assert code == 2 and "Did you mean" in err and "'gpt2'" in err and "local directory" in err
+
+
+def test_unreachable_hub_model_says_how_to_use_a_local_directory(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(capsys, "info", "gpt2-xl")
+    assert code == 2 and "local directory" in err
+
+
+def test_empty_prompt_file(capsys, tmp_path):
+    prompts = tmp_path / "empty.txt"
+    prompts.write_text("")
+    code, _, err = run_cli(capsys, "heads", "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--no-progress")
+    assert code == 2 and "No usable prompts" in err and "empty" in err
+
+
+def test_non_utf8_file(capsys, tmp_path):
+    prompts = tmp_path / "latin1.txt"
+    prompts.write_bytes("café au lait\nna\xefve\n".encode("latin-1"))
+    code, _, err = run_cli(capsys, "heads", "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--no-progress")
+    assert code == 2 and "line 1: not valid UTF-8" in err
+
+
+def test_prompt_longer_than_context(capsys, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("To be, or not to be, that is the question.\n" + "word " * 400 + "\nThe king is dead.\n")
+    code, _, err = run_cli(capsys, "heads", "--prompts", str(prompts), "--out", str(tmp_path / "strict"),
+                           "--no-progress", "--strict")
+    assert code == 2 and "prompts.txt:2:" in err and "longer than the model's context n_ctx=256" in err
+    code, out, err = run_cli(capsys, "heads", "--prompts", str(prompts), "--out", str(tmp_path / "lenient"),
+                             "--no-progress")
+    assert code == 0 and "prompts.txt:2:" in err and "(skipped)" in err
+    assert "report:" in out and (tmp_path / "lenient" / "interp-toy" / "prompts" / "report.html").exists()
+
+
+def test_main_job_on_the_bundled_model(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "heads", "--out", str(tmp_path), "--no-progress", "--random-repeated", "32")
+    assert code == 0
+    assert "induction" in out and "previous_token" in out and "loss first copy" in out
+    assert (tmp_path / "interp-toy" / "repeated" / "report.html").exists()
+
+
+def test_script_is_the_cli():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "head_scores.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--shard" in result.stdout
