@@ -54,11 +54,11 @@ def machine() -> str:
     return f"{cpu}; {torch.get_num_threads()} threads; torch {torch.__version__}; Python {platform.python_version()}"
 
 
-def write_section(markdown: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (other benchmarks own other sections)."""
+def write_section(markdown: str, mark: str = MARK) -> None:
+    """Replace one benchmark's section of RESULTS.md (each benchmark owns its own section)."""
     path = HERE / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by the script it names.\n"
-    start, end = f"<!-- {MARK}:start -->", f"<!-- {MARK}:end -->"
+    start, end = f"<!-- {mark}:start -->", f"<!-- {mark}:end -->"
     block = f"{start}\n{markdown}\n{end}"
     if start in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
@@ -107,6 +107,10 @@ def main() -> None:
                   file=sys.stderr)
         tokens = torch.randint(0, config.vocab_size, memory_shape, generator=torch.Generator().manual_seed(0))
         memory = {name: peak_rss_of(lambda: run(tokens)) / 2**20 for name, run in runners.items()}
+        _, cache = model.run_with_cache(tokens)
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.values()}
+        cached_mib = sum(storages.values()) / 2**20  # distinct buffers the cache keeps alive
+        del cache
     label = f"{memory_shape[0]}x{memory_shape[1]}"
     rows = ["| shape | HF sdpa ms | interp forward ms | ratio (≤1.00) | cache-all ms | cache-all / our forward (≤1.3) | "
             "patterns-only ms | patterns / our forward |", "|---|---|---|---|---|---|---|---|"]
@@ -115,6 +119,8 @@ def main() -> None:
                     f"{r['interp_cache_all']:.1f} | {r['interp_cache_all'] / r['interp_forward']:.3f} | "
                     f"{r['interp_cache_patterns']:.1f} | {r['interp_cache_patterns'] / r['interp_forward']:.3f} |")
     memory_rows = ["| call | peak extra RSS (MiB) |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in memory.items()]
+    memory_rows += ["", f"The cache-all cache holds {cached_mib:.0f} MiB of distinct tensor storage (references to what the "
+                    f"forward computed; views such as q/k/v of one fused buffer count once)."]
     command = "python benchmarks/bench_forward.py" + (" --quick" if args.quick else "")
     markdown = "\n".join([
         f"## Forward and caching ({'quick smoke run, tiny model' if args.quick else 'GPT-2 small shape'})", "",
