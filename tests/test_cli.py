@@ -30,7 +30,7 @@ def test_version_and_help(capsys):
 def test_info_prints_config_and_parameter_count(capsys):
     code, out, _ = run_cli(capsys, "info", "interp-toy")
     assert code == 0
-    assert "n_layers            2" in out and "parameters" in out and "GPT2TokenizerFast" in out
+    assert "n_layers            2" in out and "parameters" in out and "GPT2Tokenizer" in out
 
 
 def test_bad_model_name_suggests_and_explains_offline_use(capsys):
