@@ -113,12 +113,11 @@ class HookedTransformer(nn.Module):
             residual = block(residual)
         if stop_at_layer is not None:
             return residual
-        if return_type is None and not any(point.has_hooks for point in
-                                           (self.ln_final.hook_scale, self.ln_final.hook_normalized)):
+        if return_type is None:  # ln_final runs only if its hooks want to see it; no unembedding
+            if self.ln_final.hook_scale.has_hooks or self.ln_final.hook_normalized.has_hooks:
+                self.ln_final(residual)
             return None
         logits = affine(self.ln_final(residual), self.W_U, self.b_U)
-        if return_type is None:
-            return None
         if return_type == "logits":
             return logits
         loss = next_token_loss(logits, tokens, per_token=loss_per_token)
