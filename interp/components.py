@@ -36,13 +36,17 @@ def activation(name: str, x: Tensor) -> Tensor:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with hooks on its scale and normalized output (fused `F.layer_norm` when unhooked)."""
+    """LayerNorm with hooks on its scale and normalized output (fused `F.layer_norm` when unhooked).
+
+    After `fold_ln` (see `interp.processing`) `w` and `b` are None: the gain and bias live in the
+    weights that read from it, and it only centres and scales.
+    """
 
     def __init__(self, d_model: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
-        self.w = nn.Parameter(torch.ones(d_model))
-        self.b = nn.Parameter(torch.zeros(d_model))
+        self.w: nn.Parameter | None = nn.Parameter(torch.ones(d_model))
+        self.b: nn.Parameter | None = nn.Parameter(torch.zeros(d_model))
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
@@ -52,7 +56,7 @@ class LayerNorm(nn.Module):
         centered = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((centered.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         normalized = self.hook_normalized(centered / scale)
-        return normalized * self.w + self.b
+        return normalized if self.w is None else normalized * self.w + self.b
 
 
 class Attention(nn.Module):

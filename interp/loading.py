@@ -112,7 +112,9 @@ def build(cfg: Config, state: dict[str, Tensor], tokenizer: Any = None) -> Hooke
 
 
 def load(source: Any, *, tokenizer: Any = None, config: Any = None, device: Any = None,
-         dtype: torch.dtype | str | None = None) -> HookedTransformer:
+         dtype: torch.dtype | str | None = None, process: bool = False, fold_ln: bool | None = None,
+         center_writing_weights: bool | None = None, center_unembed: bool | None = None,
+         fold_value_biases: bool | None = None) -> HookedTransformer:
     """Load a GPT-2-family model.
 
     source: a bundled name ("interp-toy"), a hub id ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl",
@@ -120,8 +122,17 @@ def load(source: Any, *, tokenizer: Any = None, config: Any = None, device: Any 
     config from `config=` or a config.json beside it), or an in-memory `transformers` GPT-2 model
     (its weights are copied; the transformers model is left untouched).
     config: a `Config`, `transformers.GPT2Config`, dict or path to config.json. dtype: fp32/bf16/fp16.
+    process: apply all four steps of `interp.processing`; each flag (fold_ln, ...) overrides it.
+    The default is raw weights, so activations equal `transformers`' and loading copies nothing.
     """
-    dtype = _dtype(dtype)
+    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+                 fold_value_biases=fold_value_biases)
+    steps = {step: process if flag is None else flag for step, flag in flags.items()}
+    model = _load_raw(source, tokenizer, config, device, _dtype(dtype))
+    return model.process_weights_(**steps) if any(steps.values()) else model
+
+
+def _load_raw(source: Any, tokenizer: Any, config: Any, device: Any, dtype: torch.dtype | None) -> HookedTransformer:
     if hasattr(source, "state_dict") and hasattr(source, "config"):
         cfg = _config(config or source.config, getattr(source.config, "name_or_path", "") or "custom")
         hf_state = {name: tensor.detach().clone() for name, tensor in source.state_dict().items()}

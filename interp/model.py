@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from interp import names as hook_names_table
+from interp import processing as processing_module
 from interp import tokens as tokens_module
 from interp.cache import ActivationCache
 from interp.components import Block, LayerNorm, affine
@@ -45,6 +46,7 @@ class HookedTransformer(nn.Module):
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.processing: dict[str, bool] = {step: False for step in processing_module.STEPS}
         self.hook_dict: dict[str, HookPoint] = {}
         for name in hook_names_table.all_hook_names(cfg.n_layers):
             point = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
@@ -246,10 +248,19 @@ class HookedTransformer(nn.Module):
     W_out = property(lambda self: self._stack(lambda b: b.mlp.W_out), doc="[layer, d_mlp, d_model]")
     b_out = property(lambda self: self._stack(lambda b: b.mlp.b_out), doc="[layer, d_model]")
 
+    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
+                         center_unembed: bool = True, fold_value_biases: bool = True) -> HookedTransformer:
+        """Fold LayerNorms, centre writing weights and the unembedding, fold value biases (each
+        optional; outputs unchanged, see `interp.processing`). Recorded in `self.processing`."""
+        return processing_module.process_weights_(self, fold_ln, center_writing_weights, center_unembed,
+                                                  fold_value_biases)
+
     @classmethod
     def from_pretrained(cls, name_or_model: Any, **kwargs: Any) -> HookedTransformer:
         """Load GPT-2 weights: a hub id, a local directory, a `.safetensors` file, a `transformers` model,
-        or a bundled model such as "interp-toy". See `interp.loading.load` for the options."""
+        or a bundled model such as "interp-toy". Raw weights (equal to `transformers`) unless
+        `process=True` or one of `fold_ln=`, `center_writing_weights=`, `center_unembed=`,
+        `fold_value_biases=`. See `interp.loading.load` for the options."""
         from interp.loading import load
 
         return load(name_or_model, **kwargs)

@@ -1,0 +1,189 @@
+"""Weight processing: rewrite a model's weights so they are easier to read, without changing what it computes.
+
+Each step is a pure function `state dict -> new state dict` (interp parameter names, see
+`HookedTransformer.state_dict()`); nothing is edited in place, so a tied `W_U` (a view of `W_E`) is
+replaced rather than silently changed. `process_weights_(model, ...)` applies them to a model and
+records what it carries in `model.processing`. Arithmetic is in float64, cast back to the model's dtype.
+
+- `fold_ln`: each LayerNorm's gain w and bias b move into the weights that read its output
+  (W_Q/W_K/W_V and their biases, W_in/b_in, W_U/b_U): `(n * w + b) @ W + c = n @ (diag(w) W) + (b @ W + c)`.
+  The LayerNorm is left as a pure normalisation (centre, divide by `hook_scale`, which is unchanged).
+  The folded reading weights are also centred over d_model: the normalised input has zero mean, so
+  the all-ones direction of a reading weight reads nothing.
+- `center_writing_weights`: subtract the mean over d_model from everything that writes to the residual
+  stream (W_E, W_pos, W_O, b_O, W_out, b_out). Legal because every reader is a LayerNorm, which
+  removes the mean first. The residual stream changes by a multiple of the all-ones vector.
+- `center_unembed`: subtract the mean over the vocabulary from W_U and b_U. Logits change by a
+  per-position constant; `log_softmax` (and every probability and loss) is unchanged.
+- `fold_value_biases`: b_V moves through W_O into b_O (`b_O += Σ_h b_V[h] @ W_O[h]`), exact because
+  each attention pattern row sums to 1. `hook_v` and `hook_z` change by the bias; outputs don't.
+
+All four are idempotent: applying a step twice gives the same weights as applying it once, and
+`process_weights_` skips steps the model already carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import einops
+import torch
+from torch import Tensor
+
+from interp.config import Config
+
+if TYPE_CHECKING:
+    from interp.model import HookedTransformer
+
+State = dict[str, Tensor]
+STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+
+
+def _in64(tensor: Tensor) -> Tensor:
+    return tensor.detach().to(torch.float64)
+
+
+def _fold_into(state: State, ln: str, weight: str, bias: str) -> None:
+    """Fold LayerNorm `ln` (w, b) into the reading `weight` `[d_model, ...]` and its `bias` `[...]`."""
+    gain, ln_bias = state.pop(f"{ln}.w"), state.pop(f"{ln}.b")
+    W, c = _in64(state[weight]), _in64(state[bias])
+    new_bias = c + einops.einsum(_in64(ln_bias), W, "d_model, d_model ... -> ...")
+    new_W = _in64(gain).view(-1, *[1] * (W.ndim - 1)) * W
+    new_W = new_W - new_W.mean(0, keepdim=True)
+    state[weight], state[bias] = new_W.to(state[weight].dtype), new_bias.to(state[bias].dtype)
+
+
+def fold_ln(state: State, cfg: Config) -> State:
+    """Fold every LayerNorm's gain and bias into the weights that read from it (see module doc)."""
+    state = dict(state)
+    for layer in range(cfg.n_layers):
+        block = f"blocks.{layer}"
+        if f"{block}.ln1.w" in state:
+            _fold_into(state, f"{block}.ln1", f"{block}.attn.W_QKV", f"{block}.attn.b_QKV")
+        if f"{block}.ln2.w" in state:
+            _fold_into(state, f"{block}.ln2", f"{block}.mlp.W_in", f"{block}.mlp.b_in")
+    if "ln_final.w" in state:
+        _fold_into(state, "ln_final", "W_U", "b_U")
+    return state
+
+
+def _centered(tensor: Tensor, dim: int) -> Tensor:
+    wide = _in64(tensor)
+    return (wide - wide.mean(dim, keepdim=True)).to(tensor.dtype)
+
+
+def center_writing_weights(state: State, cfg: Config) -> State:
+    """Subtract the mean over d_model from W_E, W_pos and every W_O, b_O, W_out, b_out."""
+    state = dict(state)
+    writers = ["W_E", "W_pos"] + [f"blocks.{layer}.{name}" for layer in range(cfg.n_layers)
+                                  for name in ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")]
+    for name in writers:
+        state[name] = _centered(state[name], -1)  # d_model is the last dim of each
+    return state
+
+
+def center_unembed(state: State, cfg: Config) -> State:
+    """Subtract the mean over the vocabulary from W_U `[d_model, d_vocab]` and b_U `[d_vocab]`."""
+    state = dict(state)
+    state["W_U"], state["b_U"] = _centered(state["W_U"], -1), _centered(state["b_U"], -1)
+    return state
+
+
+def fold_value_biases(state: State, cfg: Config) -> State:
+    """Move b_V into b_O: `b_O += Σ_h b_V[h] @ W_O[h]`, then b_V = 0."""
+    state = dict(state)
+    for layer in range(cfg.n_layers):
+        prefix = f"blocks.{layer}.attn"
+        b_QKV, W_O = state[f"{prefix}.b_QKV"], state[f"{prefix}.W_O"]  # [3, n_heads, d_head], [n_heads, d_head, d_model]
+        moved = einops.einsum(_in64(b_QKV[2]), _in64(W_O), "n_heads d_head, n_heads d_head d_model -> d_model")
+        state[f"{prefix}.b_O"] = (_in64(state[f"{prefix}.b_O"]) + moved).to(W_O.dtype)
+        state[f"{prefix}.b_QKV"] = torch.cat([b_QKV[:2], torch.zeros_like(b_QKV[2:])])
+    return state
+
+
+STEP_FUNCTIONS: dict[str, Callable[[State, Config], State]] = {
+    "fold_ln": fold_ln, "center_writing_weights": center_writing_weights,
+    "center_unembed": center_unembed, "fold_value_biases": fold_value_biases,
+}
+
+
+def process_state_dict(state: State, cfg: Config, steps: list[str] | tuple[str, ...]) -> State:
+    """Apply the named steps in the canonical order of `STEPS`."""
+    unknown = [step for step in steps if step not in STEP_FUNCTIONS]
+    if unknown:
+        raise ValueError(f"Unknown processing step(s) {unknown}; the steps are {list(STEPS)}.")
+    for step in STEPS:
+        if step in steps:
+            state = STEP_FUNCTIONS[step](state, cfg)
+    return state
+
+
+@torch.no_grad()
+def process_weights_(model: HookedTransformer, fold_ln: bool = True, center_writing_weights: bool = True,
+                     center_unembed: bool = True, fold_value_biases: bool = True) -> HookedTransformer:
+    """Apply the chosen steps to `model` (in place: its parameters are replaced) and record them.
+
+    Steps the model already carries are skipped. Returns the model.
+    """
+    asked = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                 center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+    steps = [step for step in STEPS if asked[step] and not model.processing[step]]
+    if not steps:
+        return model
+    new_state = process_state_dict(dict(model.state_dict()), model.cfg, steps)
+    if "fold_ln" in steps:
+        for module in [block.ln1 for block in model.blocks] + [block.ln2 for block in model.blocks] + [model.ln_final]:
+            module.w, module.b = None, None
+    model.load_state_dict(new_state, strict=True, assign=True)
+    model.processing = {step: model.processing[step] or step in steps for step in STEPS}
+    return model
+
+
+def require_processing(model: HookedTransformer, *steps: str, purpose: str) -> None:
+    """Raise a ValueError naming how to get `steps` if `model` does not carry them."""
+    missing = [step for step in steps if not model.processing.get(step)]
+    if missing:
+        flags = ", ".join(f"{step}=True" for step in missing)
+        raise ValueError(f"{purpose} needs a model processed with {missing}: load it with "
+                         f"HookedTransformer.from_pretrained(..., {flags}) or call model.process_weights_({flags}).")
+
+
+def rotate_residual_stream(state: State, cfg: Config, R: Tensor) -> State:
+    """The weights of the same function in a rotated residual basis: x -> x @ R.
+
+    Writers (W_E, W_pos, W_O, b_O, W_out, b_out) are multiplied by R on the right, readers (W_Q/W_K/W_V,
+    W_in, W_U) by Rᵀ on the left, so every head, neuron and logit computes the same numbers: the
+    residual stream has no privileged basis (Elhage et al. 2021). Two conditions, both checked:
+    LayerNorm must be folded (an unfolded gain scales each basis direction separately, which is a
+    privileged basis), and R `[d_model, d_model]` must be orthogonal and fix the all-ones direction,
+    because LayerNorm's centring subtracts the component along all-ones and its scale is a norm.
+    """
+    if any(name.endswith((".w", ".b")) and "ln" in name for name in state):
+        raise ValueError("Rotate only LayerNorm-folded weights: apply fold_ln first (an unfolded LN gain privileges the basis).")
+    R64 = _in64(R)
+    d_model = cfg.d_model
+    ones = torch.ones(d_model, dtype=torch.float64, device=R.device)
+    if R.shape != (d_model, d_model) or not torch.allclose(R64 @ R64.T, torch.eye(d_model, dtype=torch.float64, device=R.device), atol=1e-6):
+        raise ValueError(f"R must be an orthogonal [{d_model}, {d_model}] matrix, got shape {tuple(R.shape)} (or not orthogonal).")
+    if not torch.allclose(ones @ R64, ones, atol=1e-6):
+        raise ValueError("R must fix the all-ones direction (ones @ R == ones): LayerNorm's centring singles it out.")
+    state = dict(state)
+
+    def write(name: str) -> None:  # d_model is the last dim
+        state[name] = (_in64(state[name]) @ R64).to(state[name].dtype)
+
+    def read(name: str) -> None:  # d_model is the first dim
+        W = state[name]
+        state[name] = einops.einsum(R64.T, _in64(W), "new d_model, d_model ... -> new ...").to(W.dtype)
+
+    for name in ("W_E", "W_pos"):
+        write(name)
+    read("W_U")
+    for layer in range(cfg.n_layers):
+        block = f"blocks.{layer}"
+        for name in ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out"):
+            write(f"{block}.{name}")
+        for name in ("attn.W_QKV", "mlp.W_in"):
+            read(f"{block}.{name}")
+    return state
