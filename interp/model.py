@@ -248,6 +248,20 @@ class HookedTransformer(nn.Module):
     W_out = property(lambda self: self._stack(lambda b: b.mlp.W_out), doc="[layer, d_mlp, d_model]")
     b_out = property(lambda self: self._stack(lambda b: b.mlp.b_out), doc="[layer, d_model]")
 
+    @property
+    def QK(self) -> Any:
+        """Every head's W_QK = W_Q W_Kᵀ as a `FactoredMatrix` `[layer, head, d_model, d_model]`."""
+        from interp.analysis.circuits import qk_circuit
+
+        return qk_circuit(self)
+
+    @property
+    def OV(self) -> Any:
+        """Every head's W_OV = W_V W_O as a `FactoredMatrix` `[layer, head, d_model, d_model]`."""
+        from interp.analysis.circuits import ov_circuit
+
+        return ov_circuit(self)
+
     def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
                          center_unembed: bool = True, fold_value_biases: bool = True) -> HookedTransformer:
         """Fold LayerNorms, centre writing weights and the unembedding, fold value biases (each

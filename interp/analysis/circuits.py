@@ -1,9 +1,15 @@
-"""QK/OV circuits and composition scores (Elhage et al. 2021, "A Mathematical Framework for
-Transformer Circuits").
+"""QK/OV circuits, full and positional circuits, copying and composition scores (Elhage et al. 2021,
+"A Mathematical Framework for Transformer Circuits").
 
-With the row-vector convention (`x @ W`), head h reads the residual stream through
-W_QK = W_Q W_Kᵀ (query side left, key side right) and writes W_OV = W_V W_O. All products are
-computed from the low-rank factors (d_head x d_head Gram matrices), never as d_model² per pair.
+Row-vector convention (`x @ W`): head h reads the residual stream through W_QK = W_Q W_Kᵀ
+`[d_model, d_model]` (query side on the left, key side on the right) and writes through
+W_OV = W_V W_O. Both have rank <= d_head and are returned as `FactoredMatrix` `[layer, head, ...]`.
+
+LayerNorm handling. The circuits that start at the embedding (full QK/OV, positional QK, copying
+scores) need `fold_ln`: the LayerNorm gains and biases then sit in W_Q/W_K/W_V/W_U and the folded
+reading weights are centred over d_model, so LayerNorm's centring is exact; what is left out is its
+scale (one positive number per token and position) and the biases b_Q, b_K, b_V, b_O, b_U. They are
+the "direct path" circuits of the paper: token (or position) straight into a head, nothing between.
 """
 
 from __future__ import annotations
@@ -12,9 +18,94 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp.factored import FactoredMatrix
 from interp.model import HookedTransformer
+from interp.processing import require_processing
 
 COMPOSITION_KINDS = ("Q", "K", "V")
+
+
+def check_head(model: HookedTransformer, layer: int | None = None, head: int | None = None) -> None:
+    """Raise an IndexError naming the valid range if `layer` or `head` is out of range (None is fine)."""
+    for what, index, size in (("layer", layer, model.cfg.n_layers), ("head", head, model.cfg.n_heads)):
+        if index is not None and (not isinstance(index, int) or not -size <= index < size):
+            raise IndexError(f"{what} {index!r} is out of range: the model has {size} {what}s (valid: 0..{size - 1}).")
+
+
+def _heads(weight: Tensor, layer: int | None, head: int | None) -> Tensor:
+    """Select from a `[layer, head, ...]` stack: both None -> all; layer -> `[head, ...]`; both -> `[...]`."""
+    if layer is None:
+        return weight if head is None else weight[:, head]
+    return weight[layer] if head is None else weight[layer, head]
+
+
+@torch.no_grad()
+def qk_circuit(model: HookedTransformer, layer: int | None = None, head: int | None = None) -> FactoredMatrix:
+    """W_QK = W_Q W_Kᵀ `[layer, head, d_model, d_model]` (rank <= d_head): the bilinear form
+    `x_query @ W_QK @ x_keyᵀ` that gives the attention score (before the 1/sqrt(d_head) and biases)."""
+    check_head(model, layer, head)
+    return FactoredMatrix(_heads(model.W_Q, layer, head), _heads(model.W_K, layer, head).transpose(-1, -2))
+
+
+@torch.no_grad()
+def ov_circuit(model: HookedTransformer, layer: int | None = None, head: int | None = None) -> FactoredMatrix:
+    """W_OV = W_V W_O `[layer, head, d_model, d_model]` (rank <= d_head): what a head writes to the
+    residual stream for each unit of attention to a source vector `x` (`x @ W_OV`)."""
+    check_head(model, layer, head)
+    return FactoredMatrix(_heads(model.W_V, layer, head), _heads(model.W_O, layer, head))
+
+
+@torch.no_grad()
+def full_qk_circuit(model: HookedTransformer, layer: int | None = None, head: int | None = None) -> FactoredMatrix:
+    """W_E W_QK W_Eᵀ `[layer, head, d_vocab, d_vocab]`: entry [i, j] is how much query token i attends to
+    key token j through the direct path. Needs `fold_ln` (see module doc). Never dense: `.AB` makes it so."""
+    require_processing(model, "fold_ln", purpose="full_qk_circuit")
+    qk = qk_circuit(model, layer, head)
+    return FactoredMatrix(model.W_E @ qk.A, qk.B @ model.W_E.T)
+
+
+@torch.no_grad()
+def full_ov_circuit(model: HookedTransformer, layer: int | None = None, head: int | None = None) -> FactoredMatrix:
+    """W_E W_OV W_U `[layer, head, d_vocab, d_vocab]`: entry [i, j] is how much attending to token i raises
+    the logit of token j through the direct path. Needs `fold_ln` (see module doc)."""
+    require_processing(model, "fold_ln", purpose="full_ov_circuit")
+    ov = ov_circuit(model, layer, head)
+    return FactoredMatrix(model.W_E @ ov.A, ov.B @ model.W_U)
+
+
+@torch.no_grad()
+def positional_qk_circuit(model: HookedTransformer, layer: int | None = None, head: int | None = None,
+                          n_positions: int | None = None) -> FactoredMatrix:
+    """W_pos W_QK W_posᵀ `[layer, head, pos, pos]` over the first `n_positions` (default n_ctx) positions.
+
+    Row q is the score query position q gives each key position from positions alone; a previous-token
+    head peaks at key q-1 (compare within a row: only j <= q is ever used). Needs `fold_ln`.
+    """
+    require_processing(model, "fold_ln", purpose="positional_qk_circuit")
+    W_pos = model.W_pos[: n_positions or model.cfg.n_ctx]
+    qk = qk_circuit(model, layer, head)
+    return FactoredMatrix(W_pos @ qk.A, qk.B @ W_pos.T)
+
+
+def copying_score(circuit: FactoredMatrix) -> Float[Tensor, "..."]:
+    """Σλ / Σ|λ| over the eigenvalues λ of a square circuit (Elhage et al. 2021): +1 when every
+    eigenvalue is positive (the head copies: attending to a token raises that token's logit), -1 when
+    all are negative (it suppresses it), near 0 for an unstructured map."""
+    eigenvalues = circuit.eigenvalues
+    return eigenvalues.sum(-1).real / eigenvalues.abs().sum(-1).clamp_min(torch.finfo(eigenvalues.real.dtype).tiny)
+
+
+@torch.no_grad()
+def copying_scores(model: HookedTransformer) -> Float[Tensor, "layer head"]:
+    """The copying score of every head's full OV circuit W_E W_OV W_U. Needs `fold_ln`.
+
+    Its nonzero eigenvalues are those of the d_head x d_head matrix W_O W_U W_E W_V, so W_U W_E
+    `[d_model, d_model]` is formed once and no d_vocab-sized matrix per head is ever built.
+    """
+    require_processing(model, "fold_ln", purpose="copying_scores")
+    unembed_embed = (model.W_U @ model.W_E).double()  # [d_model, d_model]
+    W_V, W_O = model.W_V.double(), model.W_O.double()
+    return copying_score(FactoredMatrix(W_V, W_O @ unembed_embed)).float()
 
 
 def _gram(matrix: Float[Tensor, "... d_model d_head"]) -> Float[Tensor, "... d_head d_head"]:
@@ -49,3 +140,36 @@ def composition_scores(model: HookedTransformer, kind: str) -> Float[Tensor, "la
         denominator = (ov_norm_sq[:layer_b, :, None] * b_norm_sq[layer_b][None, None, :]).sqrt()
         scores[:layer_b, :, layer_b, :] = product_sq.clamp_min(0).sqrt() / denominator
     return scores.float()
+
+
+def composition_score(first: FactoredMatrix, second: FactoredMatrix) -> Float[Tensor, "..."]:
+    """‖W_A W_B‖_F / (‖W_A‖_F ‖W_B‖_F) for circuits W_A (written first) and W_B (reading it), batched."""
+    return (first @ second).norm() / (first.norm() * second.norm())
+
+
+@torch.no_grad()
+def composition_baseline(model: HookedTransformer, n_samples: int = 256, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of the composition score between random Gaussian circuits of this model's shapes.
+
+    W_A = V O and W_B = L Rᵀ with V, L, R `[d_model, d_head]`, O `[d_head, d_model]` i.i.d. normal: the
+    paper's baseline for reading significance (scores well above mean + 3 std are composition, not
+    chance). The same for Q, K and V composition, since all three compare rank-d_head products.
+    """
+    d_model, d_head = model.cfg.d_model, model.cfg.d_head
+    generator = torch.Generator().manual_seed(seed)
+
+    def sample(rows: int, cols: int) -> Tensor:
+        return torch.randn(n_samples, rows, cols, generator=generator, dtype=torch.float64)
+
+    first = FactoredMatrix(sample(d_model, d_head), sample(d_head, d_model))
+    second = FactoredMatrix(sample(d_model, d_head), sample(d_head, d_model))
+    scores = composition_score(first, second)
+    return float(scores.mean()), float(scores.std())
+
+
+def composition_z_scores(model: HookedTransformer, kind: str, n_samples: int = 256) -> Float[Tensor, "layer head layer head"]:
+    """(composition score - random baseline mean) / baseline std; entries with layer(A) >= layer(B) are 0."""
+    mean, std = composition_baseline(model, n_samples)
+    scores = composition_scores(model, kind)
+    later = torch.arange(model.cfg.n_layers)[:, None] < torch.arange(model.cfg.n_layers)[None, :]  # [layer_a, layer_b]
+    return torch.where(later[:, None, :, None], (scores - mean) / std, torch.zeros(()))
