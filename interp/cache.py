@@ -15,6 +15,7 @@ from interp.hooks import unknown_name_error
 from interp.names import act_name
 
 if TYPE_CHECKING:
+    from interp.analysis.decompose import ComponentStack, PosSlice, Tokens
     from interp.model import HookedTransformer
 
 
@@ -71,6 +72,54 @@ class ActivationCache(Mapping[str, Tensor]):
             raise ValueError(f"remove_batch_dim() needs a batch of 1, got batch sizes {sorted(sizes)}; "
                              "index one sequence instead, e.g. run on tokens[:1].")
         return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, has_batch_dim=False)
+
+    # ----- residual-stream decompositions: thin wrappers of `interp.analysis.decompose` ------------
+    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
+                          pos_slice: PosSlice = None) -> ComponentStack:
+        """The residual stream before each block (see `interp.analysis.decompose.accumulated_resid`)."""
+        from interp.analysis import decompose
+        return decompose.accumulated_resid(self, layer, incl_mid, apply_ln, pos_slice)
+
+    def logit_lens(self, layer: int | None = None, incl_mid: bool = False, pos_slice: PosSlice = None) -> Tensor:
+        """Logits read off each partial residual stream (see `interp.analysis.decompose.logit_lens`)."""
+        from interp.analysis import decompose
+        return decompose.logit_lens(self, layer, incl_mid, pos_slice)
+
+    def decompose_resid(self, layer: int | None = None, mode: str = "all", incl_embeds: bool = True,
+                        pos_slice: PosSlice = None) -> ComponentStack:
+        """Embeddings and block outputs (see `interp.analysis.decompose.decompose_resid`)."""
+        from interp.analysis import decompose
+        return decompose.decompose_resid(self, layer, mode, incl_embeds, pos_slice)
+
+    def stack_head_results(self, layer: int | None = None, pos_slice: PosSlice = None,
+                           incl_bias: bool = True) -> ComponentStack:
+        """Per-head outputs from hook_z (see `interp.analysis.decompose.stack_head_results`)."""
+        from interp.analysis import decompose
+        return decompose.stack_head_results(self, layer, pos_slice, incl_bias)
+
+    def stack_neuron_results(self, layer: int, neurons: Any = None, pos_slice: PosSlice = None,
+                             incl_bias: bool = True) -> ComponentStack:
+        """Per-neuron outputs (see `interp.analysis.decompose.stack_neuron_results`)."""
+        from interp.analysis import decompose
+        return decompose.stack_neuron_results(self, layer, neurons, pos_slice, incl_bias)
+
+    def get_full_resid_decomposition(self, layer: int | None = None, expand_neurons: bool = True,
+                                     pos_slice: PosSlice = None) -> ComponentStack:
+        """Embeddings, heads, neurons, biases (see `interp.analysis.decompose.get_full_resid_decomposition`)."""
+        from interp.analysis import decompose
+        return decompose.get_full_resid_decomposition(self, layer, expand_neurons, pos_slice)
+
+    def apply_ln_to_stack(self, stack: ComponentStack, layer: int | None = None, mlp_input: bool = False,
+                          pos_slice: PosSlice = None) -> ComponentStack:
+        """Frozen-LN normalisation of a stack (see `interp.analysis.decompose.apply_ln_to_stack`)."""
+        from interp.analysis import decompose
+        return decompose.apply_ln_to_stack(self, stack, layer, mlp_input, pos_slice)
+
+    def logit_attrs(self, stack: ComponentStack, tokens: Tokens | None = None, directions: Tensor | None = None,
+                    incorrect_tokens: Tokens | None = None, pos_slice: PosSlice = None) -> Tensor:
+        """Direct logit attribution (see `interp.analysis.decompose.logit_attrs`)."""
+        from interp.analysis import decompose
+        return decompose.logit_attrs(self, stack, tokens, directions, incorrect_tokens, pos_slice)
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations, e.g. {list(self.cache_dict)[:3]})"

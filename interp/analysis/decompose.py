@@ -1,0 +1,376 @@
+"""The residual stream as a sum of components: embeddings, blocks, heads, neurons; the logit lens and
+direct logit attribution (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits";
+nostalgebraist 2020, "interpreting GPT: the logit lens").
+
+GPT-2 only ever adds to its residual stream, so the stream before block `layer` is exactly
+
+    resid_pre[layer] = embed + pos_embed + Σ_{l < layer} (attn_out[l] + mlp_out[l])
+    attn_out[l] = Σ_h z[l, h] @ W_O[l, h] + b_O[l]        mlp_out[l] = Σ_n post[l, n] W_out[l, n] + b_out[l]
+
+Every function returns a `ComponentStack`: `components` `[component, *batch_and_pos, d_model]` with
+one label per component. What sums to what (tested to 1e-5 relative in fp32):
+- `decompose_resid` and `get_full_resid_decomposition` sum to the residual stream at `layer`
+  (`blocks.{layer}.hook_resid_pre`, or the last `hook_resid_post` when layer is None);
+- `stack_head_results` of one block plus its "L{l}_bias" sums to `hook_attn_out`, and
+  `stack_neuron_results` plus "L{l}_mlp_bias" to `hook_mlp_out`.
+Biases: b_O and b_out are inside "{l}_attn_out" / "{l}_mlp_out"; the per-head and per-neuron stacks
+give them their own components. After `fold_value_biases`, b_V is part of b_O.
+
+`layer` names a residual stream (the components of the blocks before it; None = after the last block)
+in `accumulated_resid`, `decompose_resid`, `get_full_resid_decomposition` and `apply_ln_to_stack`,
+and a single block in `stack_head_results` / `stack_neuron_results` (TransformerLens means "blocks
+before" there too). Per-head outputs are derived from `hook_z` and W_O, so `hook_result` (opt-in)
+need not be cached.
+
+LayerNorm is not linear. `apply_ln_to_stack` linearises it by freezing the cached scale of the
+residual the stack sums to: each component is centred and divided by that one scale, so the
+normalised components still add up exactly to `hook_normalized`. Direct logit attribution
+(`logit_attrs`) is each frozen-LN component's dot product with an unembedding direction.
+The logit lens (`accumulated_resid(apply_ln=True)`, `logit_lens`) instead normalises every partial
+residual with its own recomputed scale, as if the model stopped there. A known TransformerLens bug:
+its `accumulated_resid(apply_ln=True)` divides every partial residual by the cached scale of the
+last one (ln_final's by default), which mis-scales the early layers, whose norms are much smaller.
+
+pos_slice (int, slice or None) selects positions of every activation read; an int drops the pos axis.
+Stacks remember theirs, and `apply_ln_to_stack` / `logit_attrs` slice the LN scale the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from interp.cache import ActivationCache
+    from interp.model import HookedTransformer
+
+PosSlice = Union[int, slice, None]
+Tokens = Union[int, str, list, Int[Tensor, "..."]]
+Piece = tuple[list[str], Callable[[], Tensor]]  # labels, and how to compute their [k, *batch_and_pos, d_model]
+MODES = ("all", "attn", "mlp")
+
+
+@dataclass(frozen=True, eq=False)
+class ComponentStack:
+    """Residual-stream components stacked on a leading axis, one label each."""
+
+    components: Float[Tensor, "component *batch_and_pos d_model"]
+    labels: list[str]
+    pos_slice: PosSlice = None  # the positions the components cover (so LN scales can be sliced alike)
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != self.components.shape[0]:
+            raise ValueError(f"{len(self.labels)} labels for {self.components.shape[0]} components; give one label each.")
+
+    def sum(self) -> Float[Tensor, "*batch_and_pos d_model"]:
+        """The sum over components (the residual stream they decompose)."""
+        return self.components.sum(0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, label: str) -> Float[Tensor, "*batch_and_pos d_model"]:
+        if label not in self.labels:
+            close = difflib.get_close_matches(label, self.labels, n=3)
+            raise KeyError(f"No component {label!r}. " + (f"Did you mean {close}?" if close else "See .labels."))
+        return self.components[self.labels.index(label)]
+
+    def to(self, *args: Any, **kwargs: Any) -> ComponentStack:
+        """The stack with `components.to(*args, **kwargs)` (device and/or dtype)."""
+        return dataclasses.replace(self, components=self.components.to(*args, **kwargs))
+
+
+# ----- helpers ---------------------------------------------------------------------------------
+def _check_layer(model: HookedTransformer, layer: int | None, allow_final: bool) -> int:
+    """The layer as an int (None -> n_layers); IndexError naming the valid range otherwise."""
+    n_layers = model.cfg.n_layers
+    top = n_layers if allow_final else n_layers - 1
+    if layer is None and allow_final:
+        return n_layers
+    if not isinstance(layer, int) or not 0 <= layer <= top:
+        what = "a residual stream" if allow_final else "a block"
+        final = f" ({n_layers} or None: after the last block)" if allow_final else ""
+        raise IndexError(f"layer {layer!r} is out of range for {what}: valid 0..{top}{final}.")
+    return layer
+
+
+def _read(cache: ActivationCache, name: str, pos_slice: PosSlice) -> Tensor:
+    """A cached activation with `pos_slice` applied to its pos axis; KeyError naming the missing hook."""
+    if name not in cache.cache_dict:
+        raise KeyError(f"{name!r} was not cached; include it in run_with_cache(names_filter=...) "
+                       "(or pass no names_filter, which caches every default hook).")
+    tensor = cache.cache_dict[name]
+    if pos_slice is None:
+        return tensor
+    pos_dim = 1 if cache.has_batch_dim else 0
+    return tensor[(slice(None),) * pos_dim + (pos_slice,)]
+
+
+def _assemble(pieces: list[Piece], pos_slice: PosSlice) -> ComponentStack:
+    """Fill one preallocated `[component, ...]` tensor piece by piece (peak memory ≈ the result)."""
+    labels = [label for piece_labels, _ in pieces for label in piece_labels]
+    if not labels:
+        raise ValueError("No components selected: use a later layer, incl_embeds=True or another mode.")
+    out, start = None, 0
+    for piece_labels, compute in pieces:
+        block = compute()
+        out = block.new_empty(len(labels), *block.shape[1:]) if out is None else out
+        out[start:start + len(piece_labels)] = block
+        start += len(piece_labels)
+    return ComponentStack(out, labels, pos_slice)
+
+
+def _bias(bias: Float[Tensor, "d_model"], batch_and_pos: torch.Size,
+          like: Tensor) -> Float[Tensor, "1 *batch_and_pos d_model"]:
+    return bias.to(like).expand(*batch_and_pos, bias.shape[-1])[None]  # a view: no copy until stacked
+
+
+def _one(cache: ActivationCache, name: str, pos_slice: PosSlice) -> Callable[[], Tensor]:
+    return lambda: _read(cache, name, pos_slice)[None]
+
+
+# ----- residual streams ------------------------------------------------------------------------
+@torch.no_grad()
+def accumulated_resid(cache: ActivationCache, layer: int | None = None, incl_mid: bool = False,
+                      apply_ln: bool = False, pos_slice: PosSlice = None) -> ComponentStack:
+    """The residual stream before each block 0..layer: "0_pre", ("0_mid",) "1_pre", ..., "final_post".
+
+    layer=None (or n_layers) ends with the stream after the last block, "final_post".
+    apply_ln=True: the logit-lens input. Each residual is centred and divided by its own scale
+    sqrt(mean(centred²) + eps), then ln_final's w and b are applied (unless LN is folded into W_U).
+    """
+    model, n_layers = cache.model, cache.model.cfg.n_layers
+    layer = _check_layer(model, layer, allow_final=True)
+    kinds = ("pre", "mid") if incl_mid else ("pre",)
+    entries = [(f"{index}_{kind}", f"blocks.{index}.hook_resid_{kind}") for index in range(layer) for kind in kinds]
+    entries.append(("final_post", f"blocks.{n_layers - 1}.hook_resid_post") if layer == n_layers
+                   else (f"{layer}_pre", f"blocks.{layer}.hook_resid_pre"))
+    labels = [label for label, _ in entries]
+    components = torch.stack([_read(cache, name, pos_slice) for _, name in entries])
+    if apply_ln:
+        centred = components - components.mean(-1, keepdim=True)
+        components = centred / (centred.pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+        if model.ln_final.w is not None:
+            components = components * model.ln_final.w.to(components) + model.ln_final.b.to(components)
+    return ComponentStack(components, labels, pos_slice)
+
+
+@torch.no_grad()
+def logit_lens(cache: ActivationCache, layer: int | None = None, incl_mid: bool = False,
+               pos_slice: PosSlice = None) -> Float[Tensor, "component *batch_and_pos d_vocab"]:
+    """Logits read off each partial residual stream: `accumulated_resid(apply_ln=True) @ W_U + b_U`.
+
+    Components are labelled as in `accumulated_resid`; the last one ("final_post") equals the logits.
+    """
+    normalised = accumulated_resid(cache, layer, incl_mid, apply_ln=True, pos_slice=pos_slice).components
+    model = cache.model
+    return normalised @ model.W_U.to(normalised) + model.b_U.to(normalised)
+
+
+@torch.no_grad()
+def decompose_resid(cache: ActivationCache, layer: int | None = None, mode: str = "all",
+                    incl_embeds: bool = True, pos_slice: PosSlice = None) -> ComponentStack:
+    """The residual stream at `layer` as "embed", "pos_embed", "{l}_attn_out", "{l}_mlp_out" (l < layer).
+
+    With mode="all" and incl_embeds=True the components sum to the residual stream at `layer`;
+    mode="attn" / "mlp" keeps only that kind of block output and incl_embeds=False drops the
+    embeddings, so the stack then sums to only part of it. b_O / b_out are inside attn_out / mlp_out.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    layer = _check_layer(cache.model, layer, allow_final=True)
+    pieces = _embed_pieces(cache, pos_slice) if incl_embeds else []
+    for index in range(layer):
+        for kind in ("attn", "mlp"):
+            if mode in ("all", kind):
+                pieces.append(([f"{index}_{kind}_out"], _one(cache, f"blocks.{index}.hook_{kind}_out", pos_slice)))
+    return _assemble(pieces, pos_slice)
+
+
+@torch.no_grad()
+def stack_head_results(cache: ActivationCache, layer: int | None = None, pos_slice: PosSlice = None,
+                       incl_bias: bool = True) -> ComponentStack:
+    """Each head's output `z[..., h, :] @ W_O[l, h]` as "L{l}H{h}", for block `layer` (None: every block).
+
+    incl_bias adds one "L{l}_bias" (b_O) per block; a block's heads plus its bias sum to its hook_attn_out.
+    Derived from `hook_z`; equal to the opt-in `attn.hook_result`.
+    """
+    model = cache.model
+    layers = range(model.cfg.n_layers) if layer is None else [_check_layer(model, layer, allow_final=False)]
+    return _assemble([piece for index in layers for piece in _head_pieces(cache, index, pos_slice, incl_bias)],
+                     pos_slice)
+
+
+@torch.no_grad()
+def stack_neuron_results(cache: ActivationCache, layer: int, neurons: list[int] | slice | Tensor | None = None,
+                         pos_slice: PosSlice = None, incl_bias: bool = True) -> ComponentStack:
+    """Each neuron's output `post[..., n] * W_out[layer, n]` of block `layer`, as "L{l}N{n}".
+
+    neurons: a subset (indices or a slice) to save memory: all d_mlp neurons of GPT-2 small take
+    3072 × batch × pos × 768 floats. incl_bias adds "L{l}_mlp_bias" (b_out); with every neuron the
+    stack sums to hook_mlp_out.
+    """
+    layer = _check_layer(cache.model, layer, allow_final=False)
+    return _assemble(_neuron_pieces(cache, layer, neurons, pos_slice, incl_bias), pos_slice)
+
+
+@torch.no_grad()
+def get_full_resid_decomposition(cache: ActivationCache, layer: int | None = None, expand_neurons: bool = True,
+                                 pos_slice: PosSlice = None) -> ComponentStack:
+    """The residual stream at `layer` split as finely as it goes, in forward order.
+
+    "embed", "pos_embed", then for each block l < layer: "L{l}H{h}" for every head, "L{l}_bias",
+    and either "L{l}N{n}" for every neuron plus "L{l}_mlp_bias" (expand_neurons) or "{l}_mlp_out".
+    Sums to the residual stream at `layer`. With expand_neurons, GPT-2 small has 36,864 neuron
+    components (each batch × pos × d_model): keep batch × pos small.
+    """
+    layer = _check_layer(cache.model, layer, allow_final=True)
+    pieces = _embed_pieces(cache, pos_slice)
+    for index in range(layer):
+        pieces += _head_pieces(cache, index, pos_slice, incl_bias=True)
+        if expand_neurons:
+            pieces += _neuron_pieces(cache, index, None, pos_slice, incl_bias=True)
+        else:
+            pieces.append(([f"{index}_mlp_out"], _one(cache, f"blocks.{index}.hook_mlp_out", pos_slice)))
+    return _assemble(pieces, pos_slice)
+
+
+def _embed_pieces(cache: ActivationCache, pos_slice: PosSlice) -> list[Piece]:
+    return [(["embed"], _one(cache, "hook_embed", pos_slice)), (["pos_embed"], _one(cache, "hook_pos_embed", pos_slice))]
+
+
+def _head_pieces(cache: ActivationCache, layer: int, pos_slice: PosSlice, incl_bias: bool) -> list[Piece]:
+    attn = cache.model.blocks[layer].attn
+
+    def heads() -> Float[Tensor, "n_heads *batch_and_pos d_model"]:
+        z = _read(cache, f"blocks.{layer}.attn.hook_z", pos_slice)
+        return einops.einsum(z, attn.W_O.to(z), "... n_heads d_head, n_heads d_head d_model -> n_heads ... d_model")
+
+    def bias() -> Float[Tensor, "1 *batch_and_pos d_model"]:
+        z = _read(cache, f"blocks.{layer}.attn.hook_z", pos_slice)
+        return _bias(attn.b_O, z.shape[:-2], z)
+
+    pieces = [([f"L{layer}H{head}" for head in range(attn.n_heads)], heads)]
+    return pieces + [([f"L{layer}_bias"], bias)] if incl_bias else pieces
+
+
+def _neuron_pieces(cache: ActivationCache, layer: int, neurons: list[int] | slice | Tensor | None,
+                   pos_slice: PosSlice, incl_bias: bool) -> list[Piece]:
+    mlp, d_mlp = cache.model.blocks[layer].mlp, cache.model.cfg.d_mlp
+    if isinstance(neurons, (list, tuple, Tensor)) and any(not 0 <= int(n) < d_mlp for n in neurons):
+        raise IndexError(f"neurons must be in 0..{d_mlp - 1} (d_mlp={d_mlp}), got {neurons}.")
+    indices = torch.arange(d_mlp)[slice(None) if neurons is None else neurons].reshape(-1)
+
+    def outputs() -> Float[Tensor, "neuron *batch_and_pos d_model"]:
+        post = _read(cache, f"blocks.{layer}.mlp.hook_post", pos_slice)
+        post = post[..., indices.to(post.device)]
+        W_out = mlp.W_out[indices.to(mlp.W_out.device)].to(post)
+        return einops.einsum(post, W_out, "... neuron, neuron d_model -> neuron ... d_model")
+
+    def bias() -> Float[Tensor, "1 *batch_and_pos d_model"]:
+        post = _read(cache, f"blocks.{layer}.mlp.hook_post", pos_slice)
+        return _bias(mlp.b_out, post.shape[:-1], post)
+
+    pieces = [([f"L{layer}N{int(n)}" for n in indices], outputs)]
+    return pieces + [([f"L{layer}_mlp_bias"], bias)] if incl_bias else pieces
+
+
+# ----- LayerNorm and logits ----------------------------------------------------------------------
+@torch.no_grad()
+def apply_ln_to_stack(cache: ActivationCache, stack: ComponentStack, layer: int | None = None,
+                      mlp_input: bool = False, pos_slice: PosSlice = None) -> ComponentStack:
+    """Each component centred and divided by the cached LN scale of the residual stream at `layer`.
+
+    The scale is `ln_final.hook_scale` (layer None or n_layers), `blocks.{layer}.ln1.hook_scale`, or
+    ln2's with mlp_input=True (the stack then should sum to resid_mid). Freezing the scale makes
+    LayerNorm linear, so the results still add up: to that LN's `hook_normalized` when the stack
+    sums to its input. LN's w and b are not applied (see `logit_attrs`; after fold_ln there are none).
+    pos_slice: the positions the stack covers; by default the one it was built with.
+    """
+    model = cache.model
+    layer = _check_layer(model, layer, allow_final=True)
+    if layer == model.cfg.n_layers:
+        if mlp_input:
+            raise ValueError("mlp_input=True selects ln2 of a block: give a layer in "
+                             f"0..{model.cfg.n_layers - 1}, or mlp_input=False for ln_final.")
+        name = "ln_final.hook_scale"
+    else:
+        name = f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}.hook_scale"
+    if pos_slice is not None and stack.pos_slice is not None and stack.pos_slice != pos_slice:
+        raise ValueError(f"The stack was built with pos_slice={stack.pos_slice!r} but pos_slice={pos_slice!r} was "
+                         "given; leave pos_slice out to use the stack's own.")
+    pos_slice = stack.pos_slice if pos_slice is None else pos_slice
+    scale = _read(cache, name, pos_slice)  # [*batch_and_pos, 1]
+    if scale.shape[:-1] != stack.components.shape[1:-1]:
+        raise ValueError(f"The stack covers batch/pos shape {tuple(stack.components.shape[1:-1])} but {name} "
+                         f"with pos_slice={pos_slice!r} has {tuple(scale.shape[:-1])}; pass the pos_slice the stack "
+                         "was built with.")
+    centred = stack.components - stack.components.mean(-1, keepdim=True)
+    return ComponentStack(centred / scale.to(centred), stack.labels, pos_slice)
+
+
+def _token_ids(model: HookedTransformer, tokens: Tokens) -> Int[Tensor, "..."]:
+    """Token ids from ints, a tensor, or single-token strings (" Mary"; no BOS is prepended)."""
+    if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
+        rows = [model.to_tokens(text, prepend_bos=False)[0] for text in ([tokens] if isinstance(tokens, str) else tokens)]
+        if any(len(row) != 1 for row in rows):
+            raise ValueError(f"Each string must be one token; {tokens!r} tokenise to {[row.tolist() for row in rows]}.")
+        return torch.cat(rows)[0] if isinstance(tokens, str) else torch.cat(rows)
+    ids = torch.as_tensor(tokens, device=model.W_U.device)
+    if ids.is_floating_point() or (ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < model.cfg.d_vocab)):
+        raise ValueError(f"Token ids must be integers in [0, {model.cfg.d_vocab}); got {tokens!r}.")
+    return ids
+
+
+@torch.no_grad()
+def logit_diff_direction(model: HookedTransformer, correct: Tokens,
+                         incorrect: Tokens) -> Float[Tensor, "*batch d_model"]:
+    """W_U[:, correct] - W_U[:, incorrect]: the direction read by the logit difference (e.g. " Mary" - " John").
+
+    Lives where W_U reads, after ln_final: `logit_attrs(directions=...)` applies ln_final.w to it.
+    """
+    return model.W_U.T[_token_ids(model, correct)] - model.W_U.T[_token_ids(model, incorrect)]
+
+
+@torch.no_grad()
+def logit_attrs(cache: ActivationCache, stack: ComponentStack, tokens: Tokens | None = None,
+                directions: Float[Tensor, "*batch d_model"] | None = None, incorrect_tokens: Tokens | None = None,
+                pos_slice: PosSlice = None) -> Float[Tensor, "component *batch_and_pos"]:
+    """Direct logit attribution: each component's contribution to the logit of `tokens` (Elhage et al. 2021).
+
+    The stack (components of the final residual stream) goes through `apply_ln_to_stack` with the
+    cached `ln_final.hook_scale`, then is dotted with `ln_final.w * W_U[:, token]` (just W_U after
+    fold_ln). With incorrect_tokens, the logit difference tokens - incorrect_tokens. `directions`
+    instead of tokens: vectors where W_U reads (e.g. `logit_diff_direction`), ln_final.w applied alike.
+    tokens / directions have the stack's batch/pos shape, or a prefix of it (e.g. `[batch]` for one
+    answer per sequence, broadcast over positions), or are a single token / `[d_model]` vector.
+
+    Bias convention: what is not attributed is the logit's constant part, `ln_final.b @ W_U[:, t] + b_U[t]`
+    (`b_U[t]` after fold_ln). For a full decomposition the attributions sum to logit[t] minus that.
+    """
+    model = cache.model
+    if (tokens is None) == (directions is None):
+        raise ValueError("Give exactly one of tokens= (answer token ids) or directions= (vectors in d_model).")
+    if directions is not None and incorrect_tokens is not None:
+        raise ValueError("incorrect_tokens works with tokens=; for directions= pass logit_diff_direction(...) instead.")
+    if tokens is not None:
+        directions = (model.W_U.T[_token_ids(model, tokens)] if incorrect_tokens is None
+                      else logit_diff_direction(model, tokens, incorrect_tokens))
+    normalised = apply_ln_to_stack(cache, stack, None, pos_slice=pos_slice).components
+    directions = directions.to(normalised)
+    if model.ln_final.w is not None:
+        directions = directions * model.ln_final.w.to(normalised)
+    batch_and_pos, lead = normalised.shape[1:-1], directions.shape[:-1]
+    if len(lead) > len(batch_and_pos) or any(size not in (1, want) for size, want in zip(lead, batch_and_pos)):
+        raise ValueError(f"tokens/directions of batch shape {tuple(lead)} do not fit the stack's batch/pos shape "
+                         f"{tuple(batch_and_pos)}; give that shape or a prefix of it.")
+    directions = directions.reshape(*lead, *[1] * (len(batch_and_pos) - len(lead)), directions.shape[-1])
+    return torch.einsum("c...d,...d->c...", normalised, directions)  # no [component, ..., d_model] product
