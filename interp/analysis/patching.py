@@ -1,0 +1,326 @@
+"""Activation patching and path patching: which activations, and which paths between heads, carry
+the information that makes a clean prompt behave differently from a corrupted one.
+
+Three methods, three questions (path patching lives in `interp.analysis.path_patching`, attribution
+patching in `interp.analysis.attribution`):
+
+- **Activation patching** (causal tracing, Meng et al. 2022, "Locating and Editing Factual
+  Associations in GPT"): if this one activation took its value from the other run, how much of the
+  behaviour comes back? Cost: 2 forwards for the two references, then one forward per site, run
+  `batch_size` sites at a time (the input is repeated along the batch axis, one copy per site).
+- **Path patching** (Wang et al. 2022, "Interpretability in the Wild", IOI): how much does a sender
+  head matter *through its direct path* into some receivers (heads' queries, keys or values, or the
+  logits)? Cost: 2 forwards for the caches, then 2 forwards per sender (batched over senders).
+- **Attribution patching** (Nanda 2023; Syed et al. 2023): a gradient estimate of activation
+  patching for every site at once. Cost: 1 forward + 1 forward-and-backward.
+
+Direction. `direction="denoise"` (default) runs the corrupted input and patches in activations from
+the clean run: a site that restores the clean metric is *sufficient* to carry the behaviour.
+`direction="noise"` runs the clean input and patches in corrupted activations: a site that destroys
+the behaviour is *necessary*. (Swapping the two token arguments gives the same numbers with the
+`clean_metric`/`corrupted_metric` names swapped.)
+
+The metric contract. `metric(logits) -> scalar tensor`, where `logits` is `[batch, pos, d_vocab]`
+for exactly the `batch` sequences you passed as tokens (a mean logit difference, say). Batched
+patching calls it once per site on that site's rows, `logits[i*batch:(i+1)*batch]`, so a metric
+written for your own input works unchanged. Anything with more than one element raises a
+`ValueError`: reduce it (e.g. `.mean()`) first.
+
+Exactness. Every run inside one patching call has the same hook points hooked, so every run takes
+the same compute path (hooking `hook_pattern` switches a layer from SDPA to explicit attention,
+which differs at about 1e-7). A site (or path) whose patched value equals the unpatched one bitwise
+is not run, and gets the unpatched metric exactly: patching a run with its own activations changes
+nothing. Other entries of a batched run may differ from one-site-per-forward runs by about 1e-7 in
+fp32, because some attention kernels round differently at different batch sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp import names
+from interp.hooks import HookFn, HookPoint
+from interp.model import HookedTransformer
+from interp.tokens import check_tokens
+
+Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
+Direction = Literal["denoise", "noise"]
+Tokens = Union[str, list, Int[Tensor, "batch pos"]]
+HookList = Sequence[tuple[str, HookFn]]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation to patch: a hook name, optionally one position and/or one head of it.
+
+    `pos` indexes the hook's `pos` (or `query_pos`) axis and `head` its `n_heads` axis, as listed
+    in `interp.names`; None patches the whole axis.
+    """
+
+    hook_name: str
+    pos: int | None = None
+    head: int | None = None
+
+    @property
+    def label(self) -> str:
+        index = [f"{key}={value}" for key, value in (("pos", self.pos), ("head", self.head)) if value is not None]
+        return self.hook_name + (f"[{', '.join(index)}]" if index else "")
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    """Metric values after patching, as a table with named, labelled axes.
+
+    values: the metric after patching each site (float64, so `effect` is exact); for attribution
+    patching, the linear estimate of it. dims: axis names, e.g. ("layer", "pos"); labels: each
+    axis's entries. `clean_metric` / `corrupted_metric`: the unpatched runs' metrics.
+    """
+
+    values: Float[Tensor, "..."]
+    dims: tuple[str, ...]
+    labels: dict[str, list]
+    clean_metric: float
+    corrupted_metric: float
+    direction: Direction = "denoise"
+
+    @property
+    def effect(self) -> Float[Tensor, "..."]:
+        """Change of the metric caused by the patch (0 = the patch did nothing)."""
+        baseline = self.corrupted_metric if self.direction == "denoise" else self.clean_metric
+        return self.values - baseline
+
+    @property
+    def normalized(self) -> Float[Tensor, "..."]:
+        """(values - corrupted) / (clean - corrupted): 0 = corrupted behaviour, 1 = clean behaviour."""
+        return (self.values - self.corrupted_metric) / (self.clean_metric - self.corrupted_metric)
+
+    def top(self, k: int = 5, largest: bool = True) -> list[tuple[tuple, float]]:
+        """The k highest (or lowest) entries as (labels, value), best first; labels follow `dims`."""
+        values, flat = self.values.flatten().topk(min(k, self.values.numel()), largest=largest)
+        return [(self._labels_at(int(i)), float(v)) for v, i in zip(values, flat)]
+
+    def argmax(self) -> tuple:
+        """Labels of the highest entry, in the order of `dims` (e.g. (layer, head))."""
+        return self._labels_at(int(self.values.flatten().argmax()))
+
+    def _labels_at(self, flat_index: int) -> tuple:
+        index = torch.unravel_index(torch.tensor(flat_index), self.values.shape)
+        return tuple(self.labels[dim][int(i)] for dim, i in zip(self.dims, index))
+
+
+# ----- shared checks ---------------------------------------------------------------------------
+def as_tokens(model: HookedTransformer, tokens: Tokens) -> Int[Tensor, "batch pos"]:
+    if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
+        return model.to_tokens(tokens)
+    return check_tokens(tokens, model.cfg.d_vocab, model.cfg.n_ctx, model.W_E.device)
+
+
+def checked_pair(model: HookedTransformer, clean: Tokens, corrupted: Tokens) -> tuple[Tensor, Tensor]:
+    """Clean and corrupted tokens as `[batch, pos]`, checked to align position by position."""
+    clean, corrupted = as_tokens(model, clean), as_tokens(model, corrupted)
+    if clean.shape != corrupted.shape:
+        raise ValueError(f"Clean tokens {tuple(clean.shape)} and corrupted tokens {tuple(corrupted.shape)} must have "
+                         "the same [batch, pos] shape, because patching swaps activations position by position. "
+                         "Pad or align them to the same number of tokens, e.g. build both from one template.")
+    return clean, corrupted
+
+
+def checked_layers(model: HookedTransformer, layers: Sequence[int] | None) -> list[int]:
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"Layer {layer} is out of range: this model has layers 0..{n_layers - 1}.")
+    return layers
+
+
+def scalar_metric(metric: Metric, logits: Tensor) -> Tensor:
+    """metric(logits), checked to be a one-element tensor."""
+    value = metric(logits)
+    if isinstance(value, (int, float)):
+        value = torch.tensor(float(value))
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"metric must return a scalar (one-element tensor) for logits of shape "
+                         f"{tuple(logits.shape)}, but returned {shape}; reduce it, e.g. with .mean() over the batch.")
+    return value.reshape(())
+
+
+def _row_metrics(metric: Metric, logits: Tensor, n_rows: int) -> list[float]:
+    """The metric of each block of `len(logits) // n_rows` sequences (one block per patched site)."""
+    rows = logits.shape[0] // n_rows
+    return [float(scalar_metric(metric, logits[i * rows:(i + 1) * rows])) for i in range(n_rows)]
+
+
+def _axes(hook_name: str) -> tuple[int | None, int | None]:
+    """The hook's position axis and head axis (None if it has none), from `interp.names`."""
+    suffix = hook_name.split(".", 2)[2] if hook_name.startswith("blocks.") else hook_name
+    shape = {**names.EMBED_HOOKS, **names.BLOCK_HOOKS, **names.FINAL_HOOKS}[suffix].split()
+    pos_axis = next((shape.index(a) for a in ("pos", "query_pos") if a in shape), None)
+    return pos_axis, (shape.index("n_heads") if "n_heads" in shape else None)
+
+
+def _index(site: Site, ndim: int) -> tuple:
+    """Index of the site's slice of an activation, batch axis excluded."""
+    index: list[Any] = [slice(None)] * (ndim - 1)
+    pos_axis, head_axis = _axes(site.hook_name)
+    for axis, value in ((pos_axis, site.pos), (head_axis, site.head)):
+        if value is not None:
+            index[axis - 1] = value
+    return tuple(index)
+
+
+def _check_site(model: HookedTransformer, site: Site, n_pos: int) -> None:
+    model.hook_point(site.hook_name)  # KeyError with suggestions if the name is unknown
+    pos_axis, head_axis = _axes(site.hook_name)
+    for what, value, axis, size in (("pos", site.pos, pos_axis, n_pos), ("head", site.head, head_axis, model.cfg.n_heads)):
+        if value is not None and axis is None:
+            raise ValueError(f"{site.hook_name!r} has no {what} axis; leave {what}=None for this site.")
+        if value is not None and not 0 <= value < size:
+            raise ValueError(f"{site.label}: {what}={value} is out of range 0..{size - 1}.")
+
+
+# ----- activation patching ---------------------------------------------------------------------
+def patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+          sites: Sequence[Site], direction: Direction = "denoise", batch_size: int = 16,
+          corrupted_hooks: HookList = (), progress: bool = True) -> PatchResult:
+    """The metric after patching each site on its own: `values[i]` for `sites[i]`, dims ("site",).
+
+    direction: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
+    batch_size: sites patched per forward. corrupted_hooks: forward hooks that define the corrupted
+    run together with `corrupted_tokens`, e.g. Gaussian noise on `hook_embed` as in causal tracing
+    (pass the clean tokens as `corrupted_tokens` then). They must not depend on the batch size.
+    A site whose two activations are identical (e.g. the residual stream before the first token
+    that differs) is not run: patching it is the identity, so its value is the unpatched metric.
+    """
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise', got {direction!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    clean, corrupted = checked_pair(model, clean_tokens, corrupted_tokens)
+    for site in sites:
+        _check_site(model, site, clean.shape[1])
+    hooked = list(dict.fromkeys(site.hook_name for site in sites))  # hooked in every run: same compute path
+    store: dict[str, Tensor] = {}
+
+    def save(activation: Tensor, hook: HookPoint) -> None:
+        store[hook.name] = activation
+
+    with torch.no_grad():
+        with model.hooks([(name, save) for name in hooked]):
+            clean_metric = float(scalar_metric(metric, model(clean)))
+        clean_cache, store = store, {}
+        with model.hooks(list(corrupted_hooks) + [(name, save) for name in hooked]):
+            corrupted_metric = float(scalar_metric(metric, model(corrupted)))
+        source, target_cache = (clean_cache, store) if direction == "denoise" else (store, clean_cache)
+        target, target_hooks = (corrupted, list(corrupted_hooks)) if direction == "denoise" else (clean, [])
+        values = [corrupted_metric if direction == "denoise" else clean_metric] * len(sites)
+        changed = [i for i, site in enumerate(sites) if not _same_at(site, source, target_cache)]
+        for start in tqdm(range(0, len(changed), batch_size), desc="activation patching", disable=not progress):
+            rows = changed[start:start + batch_size]
+            chunk = [sites[i] for i in rows]
+            patches = [(name, _patcher(chunk, name, source[name], target.shape[0])) for name in hooked]
+            with model.hooks(target_hooks + patches):
+                logits = model(target.repeat(len(chunk), 1))
+            for i, value in zip(rows, _row_metrics(metric, logits, len(chunk))):
+                values[i] = value
+    return PatchResult(torch.tensor(values, dtype=torch.float64), ("site",), {"site": [s.label for s in sites]},
+                       clean_metric, corrupted_metric, direction)
+
+
+def _same_at(site: Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
+    """Whether the site's slice is bitwise equal in both runs. Running such a site anyway would only
+    add the rounding of attention kernels whose results depend on the batch size (~1e-7 in fp32)."""
+    index = (slice(None),) + _index(site, source[site.hook_name].ndim)
+    return torch.equal(source[site.hook_name][index], target[site.hook_name][index])
+
+
+def _patcher(chunk: Sequence[Site], hook_name: str, source: Tensor, batch: int) -> HookFn:
+    """A hook that writes `source`'s slice for site i of `chunk` into rows i*batch..(i+1)*batch-1."""
+    rows = [(row, site) for row, site in enumerate(chunk) if site.hook_name == hook_name]
+
+    def hook(activation: Tensor, hook_point: HookPoint) -> Tensor | None:
+        if not rows:
+            return None
+        patched = activation.clone()
+        for row, site in rows:
+            index = _index(site, activation.ndim)
+            patched[(slice(row * batch, (row + 1) * batch),) + index] = source[(slice(None),) + index]
+        return patched
+
+    return hook
+
+
+def _table(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+           sites: list[Site], dims: dict[str, list], options: dict[str, Any]) -> PatchResult:
+    flat = patch(model, clean_tokens, corrupted_tokens, metric, sites, **options)
+    values = flat.values.reshape([len(labels) for labels in dims.values()])
+    return PatchResult(values, tuple(dims), dims, flat.clean_metric, flat.corrupted_metric, flat.direction)
+
+
+def _by_layer_pos(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                  suffix: str, layers: Sequence[int] | None, options: dict[str, Any]) -> PatchResult:
+    layers = checked_layers(model, layers)
+    positions = list(range(as_tokens(model, clean_tokens).shape[1]))
+    sites = [Site(f"blocks.{layer}.{suffix}", pos=pos) for layer in layers for pos in positions]
+    return _table(model, clean_tokens, corrupted_tokens, metric, sites, {"layer": layers, "pos": positions}, options)
+
+
+def patch_resid_pre(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                    layers: Sequence[int] | None = None, **options: Any) -> PatchResult:
+    """Patch the residual stream before each block at each position: values `[layer, pos]`.
+
+    options: `direction`, `batch_size`, `corrupted_hooks`, `progress`, as in `patch`.
+    """
+    return _by_layer_pos(model, clean_tokens, corrupted_tokens, metric, "hook_resid_pre", layers, options)
+
+
+def patch_attn_out(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                   layers: Sequence[int] | None = None, **options: Any) -> PatchResult:
+    """Patch each attention layer's output at each position: values `[layer, pos]`."""
+    return _by_layer_pos(model, clean_tokens, corrupted_tokens, metric, "hook_attn_out", layers, options)
+
+
+def patch_mlp_out(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                  layers: Sequence[int] | None = None, **options: Any) -> PatchResult:
+    """Patch each MLP's output at each position: values `[layer, pos]`."""
+    return _by_layer_pos(model, clean_tokens, corrupted_tokens, metric, "hook_mlp_out", layers, options)
+
+
+def patch_head_out(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                   layers: Sequence[int] | None = None, **options: Any) -> PatchResult:
+    """Patch each head's output (its `hook_z`, all positions): values `[layer, head]`."""
+    return patch_head_qkv_pattern(model, clean_tokens, corrupted_tokens, metric, "z", layers, **options)
+
+
+def patch_head_out_by_pos(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                          layers: Sequence[int] | None = None, **options: Any) -> PatchResult:
+    """Patch each head's output (`hook_z`) at one position at a time: values `[layer, pos, head]`."""
+    layers, heads = checked_layers(model, layers), list(range(model.cfg.n_heads))
+    positions = list(range(as_tokens(model, clean_tokens).shape[1]))
+    sites = [Site(f"blocks.{layer}.attn.hook_z", pos=pos, head=head)
+             for layer in layers for pos in positions for head in heads]
+    dims = {"layer": layers, "pos": positions, "head": heads}
+    return _table(model, clean_tokens, corrupted_tokens, metric, sites, dims, options)
+
+
+def patch_head_qkv_pattern(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                           which: Literal["q", "k", "v", "pattern", "z"], layers: Sequence[int] | None = None,
+                           **options: Any) -> PatchResult:
+    """Patch each head's queries, keys, values or attention pattern (all positions): values `[layer, head]`.
+
+    "q"/"k"/"v" patch `attn.hook_q/k/v` (the head's vectors, after W_Q/W_K/W_V); "pattern" patches
+    `attn.hook_pattern` (which runs every layer through explicit attention, in every run).
+    """
+    if which not in ("q", "k", "v", "pattern", "z"):
+        raise ValueError(f"which must be 'q', 'k', 'v' or 'pattern' (or 'z', the head's output), got {which!r}.")
+    layers, heads = checked_layers(model, layers), list(range(model.cfg.n_heads))
+    sites = [Site(f"blocks.{layer}.attn.hook_{which}", head=head) for layer in layers for head in heads]
+    return _table(model, clean_tokens, corrupted_tokens, metric, sites, {"layer": layers, "head": heads}, options)
