@@ -2,15 +2,24 @@
 
 It holds references to the tensors the forward produced (no copies), so caching costs only
 keeping them alive. Index with a full name or a `(short_name, layer)` pair: `cache["pattern", 3]`.
+
+Derived entries. Attention scores and patterns, and LayerNorm scales and normalized outputs, are
+pure functions of other activations (q and k; the LayerNorm's input). When nothing hooks them,
+`run_with_cache` keeps those inputs and computes these entries the first time they are read, with the
+same arithmetic as the forward's explicit path (`interp.components`), then keeps them. So the forward
+runs the fused kernels, and a cache of every hook holds q and k (2 x d_model per token) instead of
+two [n_heads, pos, pos] tensors per layer until a pattern is actually read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from interp.components import causal_attention_scores, layer_norm_scale
 from interp.hooks import unknown_name_error
 from interp.names import act_name
 
@@ -22,10 +31,13 @@ if TYPE_CHECKING:
 class ActivationCache(Mapping[str, Tensor]):
     """Mapping from hook name to activation (and `name + "_grad"` to its gradient, with incl_bwd)."""
 
-    def __init__(self, cache_dict: dict[str, Tensor], model: HookedTransformer, has_batch_dim: bool = True) -> None:
-        self.cache_dict = cache_dict
+    def __init__(self, cache_dict: dict[str, Tensor], model: HookedTransformer, has_batch_dim: bool = True,
+                 lazy: dict[str, Callable[[], Tensor]] | None = None, order: Iterable[str] | None = None) -> None:
+        self.cache_dict = cache_dict  # what has been computed
+        self.lazy = dict(lazy or {})  # name -> how to compute it on first read (see module doc)
         self.model = model
         self.has_batch_dim = has_batch_dim
+        self._order = list(order) if order is not None else list(cache_dict) + [k for k in self.lazy if k not in cache_dict]
 
     def _full_name(self, key: str | tuple) -> str:
         if isinstance(key, tuple):
@@ -41,6 +53,8 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __getitem__(self, key: str | tuple) -> Tensor:
         name = self._full_name(key)
+        if name in self.lazy:
+            self.cache_dict[name] = self.lazy.pop(name)()
         if name not in self.cache_dict:
             if name in self.model.hook_dict:
                 raise KeyError(f"{name!r} is a hook name but was not cached; include it in run_with_cache(names_filter=...).")
@@ -49,19 +63,22 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __contains__(self, key: object) -> bool:
         try:
-            return self._full_name(key) in self.cache_dict  # type: ignore[arg-type]
+            name = self._full_name(key)  # type: ignore[arg-type]
+            return name in self.cache_dict or name in self.lazy
         except (TypeError, KeyError, ValueError):
             return False
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.cache_dict)
+        return iter(self._order)
 
     def __len__(self) -> int:
-        return len(self.cache_dict)
+        return len(self._order)
 
     def to(self, device: Any) -> ActivationCache:
         """A cache with every tensor moved to `device` (tensors already there are not copied)."""
-        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, self.has_batch_dim)
+        lazy = {k: (lambda f=f: f().to(device)) for k, f in self.lazy.items()}
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, self.has_batch_dim,
+                               lazy, self._order)
 
     def remove_batch_dim(self) -> ActivationCache:
         """A cache of a single-sequence run with the batch dimension dropped (views, no copies)."""
@@ -71,7 +88,8 @@ class ActivationCache(Mapping[str, Tensor]):
         if sizes - {1}:
             raise ValueError(f"remove_batch_dim() needs a batch of 1, got batch sizes {sorted(sizes)}; "
                              "index one sequence instead, e.g. run on tokens[:1].")
-        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, has_batch_dim=False)
+        lazy = {k: (lambda f=f: f()[0]) for k, f in self.lazy.items()}
+        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, False, lazy, self._order)
 
     # ----- residual-stream decompositions: thin wrappers of `interp.analysis.decompose` ------------
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
@@ -122,4 +140,42 @@ class ActivationCache(Mapping[str, Tensor]):
         return decompose.logit_attrs(self, stack, tokens, directions, incorrect_tokens, pos_slice)
 
     def __repr__(self) -> str:
-        return f"ActivationCache({len(self)} activations, e.g. {list(self.cache_dict)[:3]})"
+        return f"ActivationCache({len(self)} activations, e.g. {self._order[:3]})"
+
+
+_ATTENTION = re.compile(r"blocks\.(\d+)\.attn\.hook_(attn_scores|pattern)$")
+_LAYER_NORM = re.compile(r"(?:blocks\.(\d+)\.(ln1|ln2)|ln_final)\.hook_(scale|normalized)$")
+
+
+def derivation(model: HookedTransformer, name: str, selected: Iterable[str]
+               ) -> tuple[list[str], Callable[..., Tensor]] | None:
+    """(source hook names, function of their activations) that computes `name` after the run, or None
+    when it must be captured (a hook on it or on what it depends on could change it)."""
+    match = _ATTENTION.match(name)
+    if match:
+        layer, which = int(match.group(1)), match.group(2)
+        attn = model.blocks[layer].attn
+        if attn.hook_attn_scores.has_hooks or (which == "pattern" and attn.hook_pattern.has_hooks):
+            return None
+        sources = [f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"]
+        if which == "attn_scores":
+            return sources, causal_attention_scores
+        return sources, lambda q, k: causal_attention_scores(q, k).softmax(dim=-1)
+    match = _LAYER_NORM.match(name)
+    if not match:
+        return None
+    layer_text, which_ln, part = match.groups()
+    if layer_text is None:
+        module, source = model.ln_final, f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    else:
+        layer, block = int(layer_text), model.blocks[int(layer_text)]
+        module = block.ln1 if which_ln == "ln1" else block.ln2
+        source = f"blocks.{layer}.hook_resid_pre" if which_ln == "ln1" else f"blocks.{layer}.hook_resid_mid"
+        split = [f"hook_{x}_input" for x in "qkv"]  # per-head copies: ln1 then runs once per head
+        if which_ln == "ln1" and (any(getattr(block, n).has_hooks for n in split)
+                                  or {f"blocks.{layer}.{n}" for n in split} & set(selected)):
+            return None
+    if module.hook_scale.has_hooks or module.hook_normalized.has_hooks:
+        return None
+    index = 0 if part == "scale" else 1
+    return [source], lambda x: layer_norm_scale(x, module.eps)[index]

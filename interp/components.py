@@ -35,6 +35,22 @@ def activation(name: str, x: Tensor) -> Tensor:
     return F.relu(x)
 
 
+def layer_norm_scale(x: Float[Tensor, "... d_model"], eps: float) -> tuple[Float[Tensor, "... 1"], Float[Tensor, "... d_model"]]:
+    """(scale, normalized) of LayerNorm: scale = sqrt(var + eps) of the centred input, normalized = centred / scale."""
+    centered = x - x.mean(-1, keepdim=True)
+    scale = (centered.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return scale, centered / scale
+
+
+def causal_attention_scores(q: Float[Tensor, "batch pos n_heads d_head"], k: Float[Tensor, "batch pos n_heads d_head"]
+                            ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+    """q·k / sqrt(d_head) with future keys set to -inf (`hook_attn_scores`)."""
+    scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / math.sqrt(q.shape[-1])
+    n_query, n_key = scores.shape[-2:]
+    future = torch.ones(n_query, n_key, dtype=torch.bool, device=scores.device).triu_(n_key - n_query + 1)
+    return scores.masked_fill_(future, float("-inf"))
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with hooks on its scale and normalized output (fused `F.layer_norm` when unhooked).
 
@@ -55,7 +71,7 @@ class LayerNorm(nn.Module):
             return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
         centered = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((centered.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        normalized = self.hook_normalized(centered / scale)
+        normalized = self.hook_normalized(centered / scale)  # same arithmetic as layer_norm_scale
         return normalized if self.w is None else normalized * self.w + self.b
 
 
@@ -141,11 +157,7 @@ class Attention(nn.Module):
 
     def _explicit_attention(self, q: Float[Tensor, "batch pos n_heads d_head"], k: Float[Tensor, "batch pos n_heads d_head"],
                             v: Float[Tensor, "batch pos n_heads d_head"]) -> Float[Tensor, "batch pos n_heads d_head"]:
-        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / math.sqrt(self.d_head)
-        # scores: [batch, n_heads, query_pos, key_pos]
-        n_query, n_key = scores.shape[-2:]
-        future = torch.ones(n_query, n_key, dtype=torch.bool, device=scores.device).triu_(n_key - n_query + 1)
-        scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
+        scores = self.hook_attn_scores(causal_attention_scores(q, k))  # [batch, n_heads, query_pos, key_pos]
         pattern = self.hook_pattern(scores.softmax(dim=-1))
         return torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)  # [batch, pos, n_heads, d_head]
 

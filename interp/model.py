@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from interp import names as hook_names_table
 from interp import processing as processing_module
 from interp import tokens as tokens_module
-from interp.cache import ActivationCache
+from interp.cache import ActivationCache, derivation
 from interp.components import Block, LayerNorm, affine
 from interp.config import Config
 from interp.hooks import HookFn, HookPoint, NamesFilter, attached, resolve_names, unknown_name_error
@@ -140,25 +140,39 @@ class HookedTransformer(nn.Module):
         """
         default = [name for name in self.hook_dict if not hook_names_table.is_opt_in(name)]
         selected = resolve_names(self.hook_dict, names_filter, default=default)
+        # Patterns and LayerNorm parts nobody hooks are computed from q/k or the LN input when first read.
+        plan = {} if incl_bwd else {name: how for name in selected if (how := derivation(self, name, selected))}
+        sources = {source for source_names, _ in plan.values() for source in source_names}
+        captured = [name for name in selected if name not in plan]
         store: dict[str, Tensor] = {}
+        raw: dict[str, Tensor] = {}
 
         def save(activation: Tensor, hook: HookPoint) -> None:
-            store[hook.name] = _converted(activation.detach(), device, dtype)
+            if hook.name in sources:
+                raw[hook.name] = activation.detach()
+            if hook.name in wanted:
+                store[hook.name] = _converted(activation.detach(), device, dtype)
 
         def save_grad(grad: Tensor, hook: HookPoint) -> None:
             store[hook.name + "_grad"] = _converted(grad.detach(), device, dtype)
 
+        def deferred(source_names: list[str], fn: Callable[..., Tensor]) -> Callable[[], Tensor]:
+            return lambda: _converted(fn(*(raw[source] for source in source_names)), device, dtype)
+
+        wanted = set(captured)
+        to_run = captured + sorted(sources - wanted)
         stops_early = stop_at_layer is None and return_type is None and not incl_bwd and bool(selected)
         if stops_early:
-            last = max(hook_names_table.layer_of(name, self.cfg.n_layers) for name in selected)
+            last = max(hook_names_table.layer_of(name, self.cfg.n_layers) for name in to_run)
             stop_at_layer = last + 1 if last < self.cfg.n_layers else None
-        fwd_hooks = [(name, save) for name in selected]
+        fwd_hooks = [(name, save) for name in to_run]
         if not incl_bwd:
             with torch.no_grad(), self.hooks(fwd_hooks):
                 output = self(input, return_type=return_type, stop_at_layer=stop_at_layer, **forward_kwargs)
             if stops_early:
                 output = None  # the residual stream of the layer we stopped at is not the asked-for output
-            return output, ActivationCache(store, self)
+            lazy = {name: deferred(*plan[name]) for name in plan}
+            return output, ActivationCache(store, self, lazy=lazy, order=selected)
         roots: list[Tensor] = []
 
         def make_root(activation: Tensor, hook: HookPoint) -> Tensor:
@@ -172,7 +186,7 @@ class HookedTransformer(nn.Module):
             if not isinstance(scalar, Tensor) or scalar.numel() != 1:
                 raise ValueError("incl_bwd=True differentiates a scalar output: use return_type='loss' or 'both'.")
             torch.autograd.grad(scalar, roots)
-        return output, ActivationCache(store, self)
+        return output, ActivationCache(store, self, order=selected + [name + "_grad" for name in selected])
 
     # ----- tokens ----------------------------------------------------------------------------
     def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None) -> Int[Tensor, "batch pos"]:

@@ -5,6 +5,8 @@ import torch
 
 from conftest import random_tokens
 
+from interp.cache import derivation
+
 
 def test_shorthand_indexing(tiny_pair):
     _, model = tiny_pair
@@ -51,3 +53,61 @@ def test_dtype_conversion_and_remove_batch_dim(tiny_pair):
     _, batched = model.run_with_cache(random_tokens(101, batch=2))
     with pytest.raises(ValueError, match="batch of 1"):
         batched.remove_batch_dim()
+
+
+# ----- derived entries: patterns and LayerNorm parts computed on first read -------------------------
+DERIVED = ["blocks.1.attn.hook_attn_scores", "blocks.1.attn.hook_pattern", "blocks.0.ln1.hook_scale",
+           "blocks.1.ln2.hook_normalized", "ln_final.hook_scale", "ln_final.hook_normalized"]
+
+
+def test_derived_entries_equal_captured_ones_bit_for_bit(tiny_pair):
+    _, model = tiny_pair
+    tokens = random_tokens(101, batch=2, pos=13, seed=4)
+    _, lazy_cache = model.run_with_cache(tokens)
+    assert set(DERIVED) <= set(lazy_cache.lazy)  # nothing computed yet
+    assert list(lazy_cache) == [n for n in model.hook_names() if n in set(lazy_cache)] and len(lazy_cache) == len(list(lazy_cache))
+    noop = [(name, lambda activation, hook: None) for name in DERIVED]  # a hook forces the forward's explicit path
+    with model.hooks(noop):
+        _, captured = model.run_with_cache(tokens)
+    assert not set(DERIVED) & set(captured.lazy)
+    for name in DERIVED:
+        # The derivation is the forward's own arithmetic: from the same run's inputs, the same bits.
+        sources, derive = derivation(model, name, [])
+        assert torch.equal(derive(*(captured[source] for source in sources)), captured[name]), name
+        # The lazy run used fused kernels upstream (fused LayerNorm), so it agrees to float rounding.
+        torch.testing.assert_close(lazy_cache[name], captured[name], rtol=1e-5, atol=1e-6)
+        assert name not in lazy_cache.lazy and lazy_cache[name] is lazy_cache[name]  # computed once, then kept
+    torch.testing.assert_close(lazy_cache["pattern", 1].sum(-1), torch.ones(2, 4, 13))
+
+
+def test_hooks_that_edit_inputs_or_entries_are_respected(tiny_pair):
+    _, model = tiny_pair
+    tokens = random_tokens(101, batch=1, pos=9, seed=5)
+
+    def double_q(q, hook):
+        return 2 * q
+
+    def flatten_scores(scores, hook):
+        return torch.where(torch.isinf(scores), scores, torch.zeros_like(scores))
+
+    with model.hooks([("blocks.0.attn.hook_q", double_q)]):  # q edited upstream: the derived pattern sees it
+        _, cache = model.run_with_cache(tokens)
+        explicit = []
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: explicit.append(p.clone()))])
+    assert "blocks.0.attn.hook_pattern" in cache.lazy
+    torch.testing.assert_close(cache["pattern", 0], explicit[0], rtol=0, atol=1e-7)
+    with model.hooks([("blocks.0.attn.hook_attn_scores", flatten_scores)]):  # the scores edited: captured, uniform
+        _, cache = model.run_with_cache(tokens)
+    assert "blocks.0.attn.hook_pattern" not in cache.lazy
+    torch.testing.assert_close(cache["pattern", 0][0, :, -1], torch.full((4, 9), 1 / 9))
+
+
+def test_derived_entries_survive_conversions(tiny_pair):
+    _, model = tiny_pair
+    tokens = random_tokens(101, batch=1, pos=7, seed=6)
+    _, cache = model.run_with_cache(tokens, dtype=torch.float64)
+    single = cache.remove_batch_dim()
+    assert single["pattern", 1].shape == (4, 7, 7) and single["pattern", 1].dtype == torch.float64
+    assert cache.to("cpu")["scale"].shape == (1, 7, 1)
+    _, only = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+    assert list(only) == [f"blocks.{layer}.attn.hook_pattern" for layer in range(2)]  # q and k are kept internally only

@@ -20,7 +20,7 @@ def test_cosine_matches_a_direct_loop(model):
     cosines = neuron_in_out_cosine(model)
     assert cosines.shape == (2, model.cfg.d_mlp)
     for layer, neuron in [(0, 0), (1, 17), (1, model.cfg.d_mlp - 1)]:
-        w_in, w_out = model.W_in[layer, :, neuron], model.W_out[layer, neuron]
+        w_in, w_out = model.W_in[layer, :, neuron].detach(), model.W_out[layer, neuron].detach()
         expected = (w_in @ w_out) / (w_in.norm() * w_out.norm())
         assert abs(float(cosines[layer, neuron]) - float(expected)) < 1e-6
 

@@ -104,10 +104,10 @@ def _check_layer(model: HookedTransformer, layer: int | None, allow_final: bool)
 
 def _read(cache: ActivationCache, name: str, pos_slice: PosSlice) -> Tensor:
     """A cached activation with `pos_slice` applied to its pos axis; KeyError naming the missing hook."""
-    if name not in cache.cache_dict:
+    if name not in cache:
         raise KeyError(f"{name!r} was not cached; include it in run_with_cache(names_filter=...) "
                        "(or pass no names_filter, which caches every default hook).")
-    tensor = cache.cache_dict[name]
+    tensor = cache[name]
     if pos_slice is None:
         return tensor
     pos_dim = 1 if cache.has_batch_dim else 0
