@@ -20,4 +20,4 @@ def test_notebook_executes(path, tmp_path):
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "induction_heads", "circuits"}
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "induction_heads", "circuits", "decomposition_and_paths"}
