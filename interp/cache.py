@@ -8,7 +8,10 @@ pure functions of other activations (q and k; the LayerNorm's input). When nothi
 `run_with_cache` keeps those inputs and computes these entries the first time they are read, with the
 same arithmetic as the forward's explicit path (`interp.components`), then keeps them. So the forward
 runs the fused kernels, and a cache of every hook holds q and k (2 x d_model per token) instead of
-two [n_heads, pos, pos] tensors per layer until a pattern is actually read.
+two [n_heads, pos, pos] tensors per layer until a pattern is actually read. `cache.cache_dict` holds
+only what has been computed; read entries through the mapping (`cache[name]`, `dict(cache)`).
+In fp32 a derived entry equals the explicit path's to rounding (~1e-7; the fused kernels the run
+used differ in the last bits); in bf16/fp16 expect ~1 ulp.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from interp.components import causal_attention_scores, layer_norm_scale
@@ -27,17 +31,23 @@ if TYPE_CHECKING:
     from interp.analysis.decompose import ComponentStack, PosSlice, Tokens
     from interp.model import HookedTransformer
 
+Derivation = tuple[list[str], Callable[..., Tensor]]  # input hook names, and the function of their activations
+
 
 class ActivationCache(Mapping[str, Tensor]):
     """Mapping from hook name to activation (and `name + "_grad"` to its gradient, with incl_bwd)."""
 
     def __init__(self, cache_dict: dict[str, Tensor], model: HookedTransformer, has_batch_dim: bool = True,
-                 lazy: dict[str, Callable[[], Tensor]] | None = None, order: Iterable[str] | None = None) -> None:
+                 derived: dict[str, Derivation] | None = None, inputs: dict[str, Tensor] | None = None,
+                 order: Iterable[str] | None = None, dtype: torch.dtype | None = None) -> None:
         self.cache_dict = cache_dict  # what has been computed
-        self.lazy = dict(lazy or {})  # name -> how to compute it on first read (see module doc)
+        self.derived = dict(derived or {})  # name -> (input names, function): computed on first read
+        self.inputs = dict(inputs or {})  # the activations derived entries are computed from (not listed)
         self.model = model
         self.has_batch_dim = has_batch_dim
-        self._order = list(order) if order is not None else list(cache_dict) + [k for k in self.lazy if k not in cache_dict]
+        self.dtype = dtype  # derived entries are computed from full-precision inputs, then converted
+        self._order = list(order) if order is not None else \
+            list(cache_dict) + [k for k in self.derived if k not in cache_dict]
 
     def _full_name(self, key: str | tuple) -> str:
         if isinstance(key, tuple):
@@ -53,8 +63,11 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __getitem__(self, key: str | tuple) -> Tensor:
         name = self._full_name(key)
-        if name in self.lazy:
-            self.cache_dict[name] = self.lazy.pop(name)()
+        if name in self.derived:
+            input_names, derive = self.derived[name]
+            value = derive(*(self.inputs[input_name] for input_name in input_names))
+            self.cache_dict[name] = value if self.dtype is None else value.to(self.dtype)
+            del self.derived[name]
         if name not in self.cache_dict:
             if name in self.model.hook_dict:
                 raise KeyError(f"{name!r} is a hook name but was not cached; include it in run_with_cache(names_filter=...).")
@@ -64,7 +77,7 @@ class ActivationCache(Mapping[str, Tensor]):
     def __contains__(self, key: object) -> bool:
         try:
             name = self._full_name(key)  # type: ignore[arg-type]
-            return name in self.cache_dict or name in self.lazy
+            return name in self.cache_dict or name in self.derived
         except (TypeError, KeyError, ValueError):
             return False
 
@@ -76,20 +89,20 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def to(self, device: Any) -> ActivationCache:
         """A cache with every tensor moved to `device` (tensors already there are not copied)."""
-        lazy = {k: (lambda f=f: f().to(device)) for k, f in self.lazy.items()}
         return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, self.has_batch_dim,
-                               lazy, self._order)
+                               self.derived, {k: v.to(device) for k, v in self.inputs.items()}, self._order, self.dtype)
 
     def remove_batch_dim(self) -> ActivationCache:
         """A cache of a single-sequence run with the batch dimension dropped (views, no copies)."""
         if not self.has_batch_dim:
             return self
-        sizes = {v.shape[0] for v in self.cache_dict.values()}
+        sizes = {v.shape[0] for v in [*self.cache_dict.values(), *self.inputs.values()]}
         if sizes - {1}:
             raise ValueError(f"remove_batch_dim() needs a batch of 1, got batch sizes {sorted(sizes)}; "
                              "index one sequence instead, e.g. run on tokens[:1].")
-        lazy = {k: (lambda f=f: f()[0]) for k, f in self.lazy.items()}
-        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, False, lazy, self._order)
+        derived = {k: (names, _unbatched(fn)) for k, (names, fn) in self.derived.items()}
+        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, False, derived,
+                               {k: v[0] for k, v in self.inputs.items()}, self._order, self.dtype)
 
     # ----- residual-stream decompositions: thin wrappers of `interp.analysis.decompose` ------------
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
@@ -143,12 +156,15 @@ class ActivationCache(Mapping[str, Tensor]):
         return f"ActivationCache({len(self)} activations, e.g. {self._order[:3]})"
 
 
+def _unbatched(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    return lambda *inputs: fn(*(x[None] for x in inputs))[0]
+
+
 _ATTENTION = re.compile(r"blocks\.(\d+)\.attn\.hook_(attn_scores|pattern)$")
 _LAYER_NORM = re.compile(r"(?:blocks\.(\d+)\.(ln1|ln2)|ln_final)\.hook_(scale|normalized)$")
 
 
-def derivation(model: HookedTransformer, name: str, selected: Iterable[str]
-               ) -> tuple[list[str], Callable[..., Tensor]] | None:
+def derivation(model: HookedTransformer, name: str, selected: Iterable[str]) -> Derivation | None:
     """(source hook names, function of their activations) that computes `name` after the run, or None
     when it must be captured (a hook on it or on what it depends on could change it)."""
     match = _ATTENTION.match(name)

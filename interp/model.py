@@ -148,16 +148,13 @@ class HookedTransformer(nn.Module):
         raw: dict[str, Tensor] = {}
 
         def save(activation: Tensor, hook: HookPoint) -> None:
-            if hook.name in sources:
-                raw[hook.name] = activation.detach()
+            if hook.name in sources:  # inputs of derived entries: moved to `device`, kept at full precision
+                raw[hook.name] = activation.detach() if device is None else activation.detach().to(device)
             if hook.name in wanted:
                 store[hook.name] = _converted(activation.detach(), device, dtype)
 
         def save_grad(grad: Tensor, hook: HookPoint) -> None:
             store[hook.name + "_grad"] = _converted(grad.detach(), device, dtype)
-
-        def deferred(source_names: list[str], fn: Callable[..., Tensor]) -> Callable[[], Tensor]:
-            return lambda: _converted(fn(*(raw[source] for source in source_names)), device, dtype)
 
         wanted = set(captured)
         to_run = captured + sorted(sources - wanted)
@@ -171,8 +168,10 @@ class HookedTransformer(nn.Module):
                 output = self(input, return_type=return_type, stop_at_layer=stop_at_layer, **forward_kwargs)
             if stops_early:
                 output = None  # the residual stream of the layer we stopped at is not the asked-for output
-            lazy = {name: deferred(*plan[name]) for name in plan}
-            return output, ActivationCache(store, self, lazy=lazy, order=selected)
+            # Only what this run reached: stop_at_layer may have ended it before some names.
+            derived = {name: how for name, how in plan.items() if all(source in raw for source in how[0])}
+            order = [name for name in selected if name in store or name in derived]
+            return output, ActivationCache(store, self, derived=derived, inputs=raw, order=order, dtype=dtype)
         roots: list[Tensor] = []
 
         def make_root(activation: Tensor, hook: HookPoint) -> Tensor:
@@ -186,7 +185,8 @@ class HookedTransformer(nn.Module):
             if not isinstance(scalar, Tensor) or scalar.numel() != 1:
                 raise ValueError("incl_bwd=True differentiates a scalar output: use return_type='loss' or 'both'.")
             torch.autograd.grad(scalar, roots)
-        return output, ActivationCache(store, self, order=selected + [name + "_grad" for name in selected])
+        order = [name for name in selected if name in store] + [name + "_grad" for name in selected if name + "_grad" in store]
+        return output, ActivationCache(store, self, order=order)
 
     # ----- tokens ----------------------------------------------------------------------------
     def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None) -> Int[Tensor, "batch pos"]:

@@ -24,6 +24,7 @@ All four are idempotent: applying a step twice gives the same weights as applyin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -124,19 +125,25 @@ def process_weights_(model: HookedTransformer, fold_ln: bool = True, center_writ
                      center_unembed: bool = True, fold_value_biases: bool = True) -> HookedTransformer:
     """Apply the chosen steps to `model` (in place: its parameters are replaced) and record them.
 
-    Steps the model already carries are skipped. Returns the model.
+    Steps the model already carries are kept; a carried step that comes after a new one in the
+    canonical order (`STEPS`) is applied again after it, e.g. `fold_value_biases` after a new
+    `fold_ln` (which moves ln1's bias into b_V). Returns the model.
     """
     asked = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                  center_unembed=center_unembed, fold_value_biases=fold_value_biases)
-    steps = [step for step in STEPS if asked[step] and not model.processing[step]]
-    if not steps:
+    new = [step for step in STEPS if asked[step] and not model.processing[step]]
+    if not new:
         return model
+    first = STEPS.index(new[0])
+    steps = [step for step in STEPS[first:] if asked[step] or model.processing[step]]
     new_state = process_state_dict(dict(model.state_dict()), model.cfg, steps)
     if "fold_ln" in steps:
         for module in [block.ln1 for block in model.blocks] + [block.ln2 for block in model.blocks] + [model.ln_final]:
             module.w, module.b = None, None
     model.load_state_dict(new_state, strict=True, assign=True)
     model.processing = {step: model.processing[step] or step in steps for step in STEPS}
+    if model.cfg.tie_word_embeddings and model.W_U.untyped_storage().data_ptr() != model.W_E.untyped_storage().data_ptr():
+        model.cfg = dataclasses.replace(model.cfg, tie_word_embeddings=False)  # processing gave W_U its own tensor
     return model
 
 

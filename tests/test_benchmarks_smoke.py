@@ -11,7 +11,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.parametrize("script, heading", [("bench_forward.py", "Forward and caching"), ("bench_load.py", "Load"),
                                              ("bench_circuits.py", "Circuits and weight processing"),
-                                             ("bench_patching.py", "Patching and path attribution")])
+                                             ("bench_patching.py", "Patching and path attribution"),
+                                             ("bench_compare.py", "Comparison with transformers")])
 def test_benchmark_quick_mode_runs(script, heading):
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True,
                             timeout=300)

@@ -140,6 +140,8 @@ def test_errors(tiny_pair):
         path_attribution(model, tokens[:1], answer=1, direction=torch.zeros(model.cfg.d_model))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         path_attribution(model, tokens[:1], answer=model.cfg.d_vocab)
+    with pytest.raises(IndexError, match=r"position 6 is outside the sequence of 6 tokens \(valid: -6..5\)"):
+        path_attribution(model, tokens[:1], answer=1, position=6)
     toy = HookedTransformer.from_pretrained("interp-toy")
     with pytest.raises(ValueError, match="single token"):
         path_attribution(toy, "To be or not", answer=" questionable nonsense")

@@ -93,6 +93,7 @@ def test_processing_is_pure_and_replaces_tied_unembedding():
     assert torch.equal(old_W_E, saved_W_E) and torch.equal(old_W_U, saved_W_E.T)
     assert model.W_E.mean(-1).abs().max() < 1e-6
     torch.testing.assert_close(model.W_U, saved_W_E.T)
+    assert not model.cfg.tie_word_embeddings  # the config says what the weights now are
     torch.testing.assert_close(model(tokens), raw_logits, rtol=0, atol=1e-5)
 
 
@@ -149,3 +150,14 @@ def test_unknown_step_and_missing_processing_errors(tiny_pair):
         process_state_dict(raw.state_dict(), raw.cfg, ["fold_layernorm"])
     with pytest.raises(ValueError, match=r"fold_ln=True\) or call model.process_weights_\(fold_ln=True\)"):
         require_processing(raw, "fold_ln", purpose="The full QK circuit")
+
+
+def test_processing_in_two_calls_keeps_the_canonical_order(tiny_pair):
+    hf_model, _ = tiny_pair
+    model = HookedTransformer.from_pretrained(hf_model, fold_value_biases=True)
+    model.process_weights_()  # fold_ln now moves ln1's bias into b_V: fold_value_biases must run again
+    assert model.processing == {step: True for step in STEPS}
+    assert model.b_V.abs().max() == 0
+    at_once = HookedTransformer.from_pretrained(hf_model, process=True)
+    for name, tensor in at_once.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6)

@@ -103,7 +103,7 @@ def copying_scores(model: HookedTransformer) -> Float[Tensor, "layer head"]:
     `[d_model, d_model]` is formed once and no d_vocab-sized matrix per head is ever built.
     """
     require_processing(model, "fold_ln", purpose="copying_scores")
-    unembed_embed = (model.W_U @ model.W_E).double()  # [d_model, d_model]
+    unembed_embed = model.W_U.double() @ model.W_E.double()  # [d_model, d_model], in float64 for any model dtype
     W_V, W_O = model.W_V.double(), model.W_O.double()
     return copying_score(FactoredMatrix(W_V, W_O @ unembed_embed)).float()
 

@@ -196,7 +196,9 @@ def patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Toke
     direction: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
     batch_size: sites patched per forward. corrupted_hooks: forward hooks that define the corrupted
     run together with `corrupted_tokens`, e.g. Gaussian noise on `hook_embed` as in causal tracing
-    (pass the clean tokens as `corrupted_tokens` then). They must not depend on the batch size.
+    (pass the clean tokens as `corrupted_tokens` then). They must not depend on the batch size, and
+    noise must be drawn once (a fixed tensor added in the hook, broadcasting over the batch), not by
+    `randn_like` inside the hook, or each patched run would see different noise.
     A site whose two activations are identical (e.g. the residual stream before the first token
     that differs) is not run: patching it is the identity, so its value is the unpatched metric.
     """

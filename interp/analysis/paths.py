@@ -79,6 +79,9 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
     """Attribute one logit (`answer`), a logit difference (`answer` - `wrong`) or the component of the
     final LayerNorm's output along `direction` at `position` of a single sequence, to paths (module doc).
 
+    direction `[d_model]` is read from the final LayerNorm's output *including its gain and bias* (the
+    space W_U reads), so `direction=W_U[:, t]` equals `answer=t` minus b_U[t]; on an unfolded and a
+    fold_ln model the same vector means different things.
     answer/wrong: token ids or single-token strings. layers: the layers whose heads are expanded
     (default all); the rest land in `residual`.
     """
@@ -95,10 +98,13 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
         for name in ("attn.hook_pattern", "ln1.hook_scale", "hook_mlp_out")]
     logits, cache = model.run_with_cache(tokens, names_filter=wanted)
     n_pos = tokens.shape[1]
+    if not -n_pos <= position < n_pos:
+        raise IndexError(f"position {position} is outside the sequence of {n_pos} tokens (valid: {-n_pos}..{n_pos - 1}).")
     q = position % n_pos
+    device = model.W_E.device
 
     # The target as a functional on the final residual stream: only position q is read.
-    final = torch.zeros(n_pos, cfg.d_model, dtype=torch.float64)
+    final = torch.zeros(n_pos, cfg.d_model, dtype=torch.float64, device=device)
     final[q] = _centre(_gain(model.ln_final, unembed) * unembed).double() / cache["ln_final.hook_scale"][0, q].double()
     unembed_bias = 0.0
     if model.ln_final.b is not None:
@@ -158,13 +164,14 @@ def _sources(model: HookedTransformer, cache) -> tuple[list[str], Int[Tensor, "s
     n_pos = cache["hook_embed"].shape[1]
     for layer, block in enumerate(model.blocks):
         attn = block.attn
-        ln_bias = torch.zeros(model.cfg.d_model, dtype=torch.float64) if block.ln1.b is None else block.ln1.b.detach().double()
+        ln_bias = torch.zeros(model.cfg.d_model, dtype=torch.float64, device=model.W_E.device) if block.ln1.b is None \
+            else block.ln1.b.detach().double()
         value_bias = torch.einsum("d,hde->he", ln_bias, attn.W_V.detach().double()) + attn.b_V.detach().double()
         constant = attn.b_O.detach().double() + torch.einsum("he,hed->d", value_bias, attn.W_O.detach().double())
         names += [f"attn_bias{layer}", f"mlp{layer}"]
         after += [layer, layer]
         vectors += [constant.expand(n_pos, -1), cache[f"blocks.{layer}.hook_mlp_out"][0]]
-    return names, torch.tensor(after), torch.stack([vector.double() for vector in vectors])
+    return names, torch.tensor(after, device=model.W_E.device), torch.stack([vector.double() for vector in vectors])
 
 
 def _token(model: HookedTransformer, token: int | str) -> int:
