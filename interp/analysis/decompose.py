@@ -48,6 +48,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.components import layer_norm_scale
+
 if TYPE_CHECKING:
     from interp.cache import ActivationCache
     from interp.model import HookedTransformer
@@ -156,8 +158,7 @@ def accumulated_resid(cache: ActivationCache, layer: int | None = None, incl_mid
     labels = [label for label, _ in entries]
     components = torch.stack([_read(cache, name, pos_slice) for _, name in entries])
     if apply_ln:
-        centred = components - components.mean(-1, keepdim=True)
-        components = centred / (centred.pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+        components = layer_norm_scale(components, model.ln_final.eps)[1]  # each with its own scale
         if model.ln_final.w is not None:
             components = components * model.ln_final.w.to(components) + model.ln_final.b.to(components)
     return ComponentStack(components, labels, pos_slice)
@@ -317,16 +318,17 @@ def apply_ln_to_stack(cache: ActivationCache, stack: ComponentStack, layer: int 
     return ComponentStack(centred / scale.to(centred), stack.labels, pos_slice)
 
 
-def _token_ids(model: HookedTransformer, tokens: Tokens) -> Int[Tensor, "..."]:
-    """Token ids from ints, a tensor, or single-token strings (" Mary"; no BOS is prepended)."""
+def token_ids(model: HookedTransformer, tokens: Tokens) -> Int[Tensor, "..."]:
+    """Token ids from ints, a tensor, or single-token strings (" Mary"; no BOS is prepended), checked."""
     if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
         rows = [model.to_tokens(text, prepend_bos=False)[0] for text in ([tokens] if isinstance(tokens, str) else tokens)]
         if any(len(row) != 1 for row in rows):
-            raise ValueError(f"Each string must be one token; {tokens!r} tokenise to {[row.tolist() for row in rows]}.")
+            raise ValueError(f"Each string must be one token (pass a single token, e.g. with a leading space, or its id); {tokens!r} "
+                             f"tokenise to {[row.tolist() for row in rows]}.")
         return torch.cat(rows)[0] if isinstance(tokens, str) else torch.cat(rows)
     ids = torch.as_tensor(tokens, device=model.W_U.device)
     if ids.is_floating_point() or (ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < model.cfg.d_vocab)):
-        raise ValueError(f"Token ids must be integers in [0, {model.cfg.d_vocab}); got {tokens!r}.")
+        raise ValueError(f"Token ids must be integers in [0, {model.cfg.d_vocab}); {tokens!r} is outside the vocabulary.")
     return ids
 
 
@@ -337,7 +339,7 @@ def logit_diff_direction(model: HookedTransformer, correct: Tokens,
 
     Lives where W_U reads, after ln_final: `logit_attrs(directions=...)` applies ln_final.w to it.
     """
-    return model.W_U.T[_token_ids(model, correct)] - model.W_U.T[_token_ids(model, incorrect)]
+    return model.W_U.T[token_ids(model, correct)] - model.W_U.T[token_ids(model, incorrect)]
 
 
 @torch.no_grad()
@@ -362,7 +364,7 @@ def logit_attrs(cache: ActivationCache, stack: ComponentStack, tokens: Tokens | 
     if directions is not None and incorrect_tokens is not None:
         raise ValueError("incorrect_tokens works with tokens=; for directions= pass logit_diff_direction(...) instead.")
     if tokens is not None:
-        directions = (model.W_U.T[_token_ids(model, tokens)] if incorrect_tokens is None
+        directions = (model.W_U.T[token_ids(model, tokens)] if incorrect_tokens is None
                       else logit_diff_direction(model, tokens, incorrect_tokens))
     normalised = apply_ln_to_stack(cache, stack, None, pos_slice=pos_slice).components
     directions = directions.to(normalised)

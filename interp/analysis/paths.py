@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.analysis.decompose import token_ids
 from interp.model import HookedTransformer, ModelInput
 
 
@@ -92,14 +93,19 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
     layers = sorted(set(range(cfg.n_layers) if layers is None else layers))
     if any(not 0 <= layer < cfg.n_layers for layer in layers):
         raise IndexError(f"layers {layers} out of range: the model has {cfg.n_layers} layers (valid: 0..{cfg.n_layers - 1}).")
-    unembed = _direction(model, answer, wrong, direction)  # [d_model], on the final LN output
+    answer_id, wrong_id = _target_ids(model, answer, wrong, direction)
+    n_pos = tokens.shape[1]
+    if not -n_pos <= position < n_pos:
+        raise IndexError(f"position {position} is outside the sequence of {n_pos} tokens (valid: {-n_pos}..{n_pos - 1}).")
+    if direction is not None:
+        unembed = direction.detach().float()  # [d_model], on the final LN output
+    else:
+        unembed = model.W_U[:, answer_id].detach()
+        unembed = unembed - model.W_U[:, wrong_id].detach() if wrong_id is not None else unembed
     wanted = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post"] + [
         f"blocks.{layer}.{name}" for layer in range(cfg.n_layers)
         for name in ("attn.hook_pattern", "ln1.hook_scale", "hook_mlp_out")]
     logits, cache = model.run_with_cache(tokens, names_filter=wanted)
-    n_pos = tokens.shape[1]
-    if not -n_pos <= position < n_pos:
-        raise IndexError(f"position {position} is outside the sequence of {n_pos} tokens (valid: {-n_pos}..{n_pos - 1}).")
     q = position % n_pos
     device = model.W_E.device
 
@@ -109,8 +115,8 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
     unembed_bias = 0.0
     if model.ln_final.b is not None:
         unembed_bias += float(model.ln_final.b.double() @ unembed.double())
-    if answer is not None and direction is None:
-        unembed_bias += float(model.b_U[_token(model, answer)]) - (float(model.b_U[_token(model, wrong)]) if wrong is not None else 0.0)
+    if answer_id is not None:
+        unembed_bias += float(model.b_U[answer_id]) - (float(model.b_U[wrong_id]) if wrong_id is not None else 0.0)
 
     source_names, written_after, source_values = _sources(model, cache)  # [source, pos, d_model]
     names: list[str] = []
@@ -134,7 +140,7 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
             add(pair.flatten(0, 1), layer_a, [f"L{layer_a}H{head_a} -> L{layer_b}H{head_b} -> "
                                               for head_a in range(cfg.n_heads) for head_b in range(cfg.n_heads)])
     if direction is None:  # the model's own logits: an independent check of the expansion
-        target = float(logits[0, q, _token(model, answer)]) - (float(logits[0, q, _token(model, wrong)]) if wrong is not None else 0.0)
+        target = float(logits[0, q, answer_id]) - (float(logits[0, q, wrong_id]) if wrong_id is not None else 0.0)
     else:  # the final LayerNorm's output along `direction`
         target = float((final * cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"][0].double()).sum()) + unembed_bias
     values_tensor = torch.cat(values)
@@ -174,26 +180,14 @@ def _sources(model: HookedTransformer, cache) -> tuple[list[str], Int[Tensor, "s
     return names, torch.tensor(after, device=model.W_E.device), torch.stack([vector.double() for vector in vectors])
 
 
-def _token(model: HookedTransformer, token: int | str) -> int:
-    if isinstance(token, int):
-        if not 0 <= token < model.cfg.d_vocab:
-            raise ValueError(f"Token id {token} is outside the vocabulary [0, {model.cfg.d_vocab}).")
-        return token
-    ids = model.to_tokens(token, prepend_bos=False)[0]
-    if len(ids) != 1:
-        raise ValueError(f"{token!r} is {len(ids)} tokens; pass a single token (e.g. with a leading space) or its id.")
-    return int(ids[0])
-
-
-def _direction(model: HookedTransformer, answer, wrong, direction) -> Float[Tensor, "d_model"]:
+def _target_ids(model: HookedTransformer, answer, wrong, direction) -> tuple[int | None, int | None]:
+    """The answer and wrong token ids, after checking that exactly one kind of target was asked for."""
     if direction is not None:
         if answer is not None or wrong is not None:
             raise ValueError("Pass either direction= or answer= (and wrong=), not both.")
         if direction.shape != (model.cfg.d_model,):
             raise ValueError(f"direction must have shape [d_model] = [{model.cfg.d_model}], got {tuple(direction.shape)}.")
-        return direction.detach().float()
+        return None, None
     if answer is None:
         raise ValueError("Say what to attribute: answer= (a logit), answer= and wrong= (a logit difference) or direction=.")
-    vector = model.W_U[:, _token(model, answer)].detach()
-    return vector - model.W_U[:, _token(model, wrong)].detach() if wrong is not None else vector
-
+    return int(token_ids(model, answer)), None if wrong is None else int(token_ids(model, wrong))
