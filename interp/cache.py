@@ -37,6 +37,8 @@ Derivation = tuple[list[str], Callable[..., Tensor]]  # input hook names, and th
 class ActivationCache(Mapping[str, Tensor]):
     """Mapping from hook name to activation (and `name + "_grad"` to its gradient, with incl_bwd)."""
 
+    holds_gradients = False  # see GradientCache
+
     def __init__(self, cache_dict: dict[str, Tensor], model: HookedTransformer, has_batch_dim: bool = True,
                  derived: dict[str, Derivation] | None = None, inputs: dict[str, Tensor] | None = None,
                  order: Iterable[str] | None = None, dtype: torch.dtype | None = None) -> None:
@@ -87,10 +89,17 @@ class ActivationCache(Mapping[str, Tensor]):
     def __len__(self) -> int:
         return len(self._order)
 
+    def gradients(self) -> GradientCache:
+        """The gradients of a `run_with_cache(..., incl_bwd=True)` as a `GradientCache`, under the hook names."""
+        grads = {name.removesuffix("_grad"): self.cache_dict[name] for name in self._order if name.endswith("_grad")}
+        if not grads:
+            raise ValueError("This cache holds no gradients; run run_with_cache(..., incl_bwd=True, return_type='loss').")
+        return GradientCache(grads, self.model, self.has_batch_dim)
+
     def to(self, device: Any) -> ActivationCache:
         """A cache with every tensor moved to `device` (tensors already there are not copied)."""
-        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, self.has_batch_dim,
-                               self.derived, {k: v.to(device) for k, v in self.inputs.items()}, self._order, self.dtype)
+        return type(self)({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, self.has_batch_dim,
+                          self.derived, {k: v.to(device) for k, v in self.inputs.items()}, self._order, self.dtype)
 
     def remove_batch_dim(self) -> ActivationCache:
         """A cache of a single-sequence run with the batch dimension dropped (views, no copies)."""
@@ -101,8 +110,8 @@ class ActivationCache(Mapping[str, Tensor]):
             raise ValueError(f"remove_batch_dim() needs a batch of 1, got batch sizes {sorted(sizes)}; "
                              "index one sequence instead, e.g. run on tokens[:1].")
         derived = {k: (names, _unbatched(fn)) for k, (names, fn) in self.derived.items()}
-        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, False, derived,
-                               {k: v[0] for k, v in self.inputs.items()}, self._order, self.dtype)
+        return type(self)({k: v[0] for k, v in self.cache_dict.items()}, self.model, False, derived,
+                          {k: v[0] for k, v in self.inputs.items()}, self._order, self.dtype)
 
     # ----- residual-stream decompositions: thin wrappers of `interp.analysis.decompose` ------------
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
@@ -154,6 +163,33 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations, e.g. {self._order[:3]})"
+
+
+class GradientCache(ActivationCache):
+    """Gradients of one scalar, by hook name: `cache["blocks.0.hook_attn_out"]` is ∂metric/∂attn_out.
+
+    Build it with `cache.gradients()` or from gradients you captured: `GradientCache(grads, model)`.
+    `stack_head_results` / `stack_neuron_results` give the gradient of each head's / neuron's output
+    (see `interp.analysis.gradients`), not gradients multiplied by weights; the methods that apply
+    weights or LayerNorm to activations (logit_lens, apply_ln_to_stack, logit_attrs, ...) refuse.
+    """
+
+    holds_gradients = True
+
+    def stack_head_results(self, layer: int | None = None, pos_slice: PosSlice = None,
+                           incl_bias: bool = True) -> ComponentStack:
+        """∂metric/∂(each head's output) (see `interp.analysis.gradients.stack_head_gradients`)."""
+        from interp.analysis import gradients
+        return gradients.stack_head_gradients(self, layer, pos_slice, incl_bias)
+
+    def stack_neuron_results(self, layer: int, neurons: Any = None, pos_slice: PosSlice = None,
+                             incl_bias: bool = True) -> ComponentStack:
+        """∂metric/∂(each neuron's output) (see `interp.analysis.gradients.stack_neuron_gradients`)."""
+        from interp.analysis import gradients
+        return gradients.stack_neuron_gradients(self, layer, neurons, pos_slice, incl_bias)
+
+    def __repr__(self) -> str:
+        return f"GradientCache({len(self)} gradients, e.g. {self._order[:3]})"
 
 
 def _unbatched(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:

@@ -210,5 +210,7 @@ class Block(nn.Module):
         if not any(hook.has_hooks for hook in split):
             return self.attn(self.ln1(resid_pre))
         # Path-patching mode: each head reads its own copy of the residual stream; ln1 runs per copy.
+        # A hooked point gets its own copy, so an in-place edit of the q input reaches neither k nor v (nor resid_pre).
         per_head = einops.repeat(resid_pre, "batch pos d_model -> batch pos n_heads d_model", n_heads=self.n_heads)
-        return self.attn.forward_per_head_inputs(*(self.ln1(hook(per_head)) for hook in split))
+        return self.attn.forward_per_head_inputs(
+            *(self.ln1(hook(per_head.clone()) if hook.has_hooks else per_head) for hook in split))

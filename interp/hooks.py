@@ -8,10 +8,10 @@ Backward hooks have the same signature and receive the gradient of the activatio
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import Union
+from typing import Any, Union
 
 from torch import Tensor
 
@@ -91,6 +91,12 @@ class HookPoint:
                 f"A {kind} on {self.name!r} returned shape {tuple(replacement.shape)}, expected "
                 f"{tuple(original.shape)}; an edit must keep the activation's shape."
             )
+        if replacement.dtype != original.dtype or replacement.device != original.device:
+            raise TypeError(
+                f"A {kind} on {self.name!r} returned a {replacement.dtype} tensor on {replacement.device}, but the "
+                f"activation is {original.dtype} on {original.device}; return "
+                f"value.to(activation.dtype, activation.device) (or build it with torch.zeros_like(activation) etc.)."
+            )
         return replacement
 
     def __repr__(self) -> str:
@@ -105,14 +111,18 @@ def unknown_name_error(name: str, valid: Iterable[str]) -> KeyError:
 
 
 def resolve_names(hook_dict: Mapping[str, HookPoint], names_filter: NamesFilter,
-                  default: Iterable[str] | None = None) -> list[str]:
-    """The hook names selected by a name, a list of names, a predicate, or None (= `default`)."""
+                  default: Iterable[str] | None = None, named_only: Container[str] = ()) -> list[str]:
+    """The hook names selected by a name, a list of names, a predicate, or None (= `default`).
+
+    Names in `named_only` (the opt-in points, whose hooking changes how the forward computes) are
+    selected only when named explicitly, never by a predicate such as `lambda name: True`.
+    """
     if names_filter is None:
         return list(hook_dict if default is None else default)
     if isinstance(names_filter, str):
         names_filter = [names_filter]
     if callable(names_filter):
-        return [name for name in hook_dict if names_filter(name)]
+        return [name for name in hook_dict if name not in named_only and names_filter(name)]
     names = list(names_filter)
     for name in names:
         if not isinstance(name, str):
@@ -125,15 +135,32 @@ def resolve_names(hook_dict: Mapping[str, HookPoint], names_filter: NamesFilter,
 @contextmanager
 def attached(hook_dict: Mapping[str, HookPoint],
              fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
-             bwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = ()) -> Iterator[None]:
-    """Attach hooks for the duration of a `with` block; they are removed even if the block raises."""
+             bwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+             named_only: Container[str] = ()) -> Iterator[None]:
+    """Attach hooks for the duration of a `with` block; they are removed even if the block raises.
+
+    A predicate never selects a name in `named_only` (see `resolve_names`).
+    """
     handles: list[HookHandle] = []
     try:
         for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
-            for name_or_filter, fn in pairs:
-                for name in resolve_names(hook_dict, name_or_filter):
+            for name_or_filter, fn in checked_pairs(pairs, f"{direction}_hooks"):
+                for name in resolve_names(hook_dict, name_or_filter, named_only=named_only):
                     handles.append(hook_dict[name].add_hook(fn, direction))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def checked_pairs(pairs: Any, argument: str) -> list[tuple[Any, HookFn]]:
+    """`pairs` as a list of `(name_or_filter, fn)`, or a TypeError saying how to pass them."""
+    if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str) and callable(pairs[1]):
+        raise TypeError(f"{argument} takes a list of (name, fn) pairs, got one pair; write {argument}=[({pairs[0]!r}, fn)].")
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+        raise TypeError(f"{argument} takes a list of (name, fn) pairs, got {type(pairs).__name__}.")
+    listed = list(pairs)
+    for pair in listed:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"Each entry of {argument} must be a (name_or_filter, fn) pair, got {pair!r}.")
+    return listed

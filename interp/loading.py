@@ -8,7 +8,6 @@ ever unpickled. The model is built on the meta device and the loaded tensors are
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor
 
 from interp.config import Config
+from interp.files import read_json
 from interp.model import HookedTransformer
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -24,6 +24,8 @@ BUNDLED_MODELS = {"interp-toy": DATA_DIR / "interp-toy"}
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt",
              "tokenizer_config.json", "special_tokens_map.json"]
+WEIGHT_SUFFIXES = (".bin", ".pt", ".pth")
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "special_tokens_map.json")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -136,7 +138,7 @@ def _load_raw(source: Any, tokenizer: Any, config: Any, device: Any, dtype: torc
     if hasattr(source, "state_dict") and hasattr(source, "config"):
         cfg = _config(config or source.config, getattr(source.config, "name_or_path", "") or "custom")
         hf_state = {name: tensor.detach().clone() for name, tensor in source.state_dict().items()}
-        return _finish(cfg, hf_state, tokenizer, device, dtype)
+        return _finish(cfg, hf_state, tokenizer, device, dtype, f"the in-memory {type(source).__name__}")
     if not isinstance(source, (str, Path)):
         raise TypeError(f"from_pretrained takes a name, path or transformers model, got {type(source).__name__}.")
     name = str(source)
@@ -144,6 +146,8 @@ def _load_raw(source: Any, tokenizer: Any, config: Any, device: Any, dtype: torc
     if not path.exists():
         if name in BUNDLED_MODELS:
             raise FileNotFoundError(f"The bundled model {name!r} is missing from {path}; reinstall interp.")
+        if looks_local(name):
+            raise FileNotFoundError(_missing_path_message(name, path))
         path = _from_hub(name)
     if path.is_dir():
         cfg = _config(config or path / "config.json", name)
@@ -157,31 +161,84 @@ def _load_raw(source: Any, tokenizer: Any, config: Any, device: Any, dtype: torc
             raise ValueError(f"No config for {path}: pass config=GPT2Config(...) or a config.json path, "
                              f"or put config.json beside the weights.")
         cfg = _config(config_source, name)
-    return _finish(cfg, read_weights(weights_file), tokenizer, device, dtype)
+    return _finish(cfg, read_weights(weights_file), tokenizer, device, dtype, str(weights_file))
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model name that does not exist was meant as a local path, not a hub id: it starts with
+    '.', '/', '~' or '\\', ends in a weights or config suffix, or its first folder exists here."""
+    path = Path(name).expanduser()
+    return (name.startswith((".", "/", "~", "\\")) or path.suffix in (".safetensors", *WEIGHT_SUFFIXES, ".json")
+            or (len(path.parts) > 1 and Path(path.parts[0]).exists()))
+
+
+def _missing_path_message(name: str, path: Path) -> str:
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    hint = ""
+    if existing.is_dir() and existing == path.parent:
+        close = difflib.get_close_matches(path.name, [entry.name for entry in existing.iterdir()], n=3, cutoff=0.5)
+        hint = f" Did you mean {[str(existing / c) for c in close]}?" if close else ""
+    return (f"No such file or directory: {name!r} (the nearest existing folder is {str(existing)!r}).{hint} "
+            "Check the path; hub ids look like 'gpt2' or 'org/name'.")
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
-    """Tensors from a .safetensors file (memory-mapped) or a .bin/.pt file (`weights_only=True`)."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    """Tensors from a .safetensors file (memory-mapped) or a .bin/.pt file (`weights_only=True`).
 
-        with safe_open(str(path), framework="pt", device="cpu") as file:
-            return {name: file.get_tensor(name) for name in file.keys()}
-    if path.suffix in (".bin", ".pt", ".pth"):
+    A damaged file, or one holding Python objects other than tensors, raises ValueError naming it;
+    pickled objects are never unpickled (that could run code).
+    """
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as file:
+                return {name: file.get_tensor(name) for name in file.keys()}
+        except (SafetensorError, OSError) as error:  # a truncated or rewritten file, or not safetensors at all
+            raise ValueError(f"The weights file {path} is damaged or not a safetensors file ({error}); "
+                             "download or save it again.") from None
+    if path.suffix in WEIGHT_SUFFIXES:
+        import pickle
         import zipfile
 
         mappable = zipfile.is_zipfile(path)  # torch.save's format since 1.6; older pickles cannot be mmapped
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mappable)
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state dict of tensors.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mappable)
+        except pickle.UnpicklingError:  # torch's message advises weights_only=False, which would run the code
+            raise ValueError(
+                f"{path} holds Python objects other than tensors, so it was not loaded: unpickling them could run "
+                "code. Only state dicts of tensors are read; if you trust the file's source, convert it to "
+                "safetensors where it was made.") from None
+        except (RuntimeError, EOFError) as error:
+            raise ValueError(f"The weights file {path} is damaged or not a PyTorch checkpoint ({error}); "
+                             "download or save it again.") from None
+        if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
+            raise ValueError(f"{path} does not hold a state dict of tensors (name -> Tensor).")
         return state
     raise ValueError(f"Unknown weights format {path.suffix!r} for {path}; use .safetensors (preferred) or .bin.")
 
 
-def _finish(cfg: Config, hf_state: dict[str, Tensor], tokenizer: Any, device: Any, dtype: torch.dtype | None) -> HookedTransformer:
+def _finish(cfg: Config, hf_state: dict[str, Tensor], tokenizer: Any, device: Any, dtype: torch.dtype | None,
+            source: str) -> HookedTransformer:
     for name in list(hf_state):  # convert one tensor at a time, so two full copies never coexist
-        hf_state[name] = hf_state[name].to(device=device, dtype=dtype or hf_state[name].dtype)
+        original = hf_state[name]
+        hf_state[name] = original.to(device=device, dtype=dtype or original.dtype)
+        check_finite(name, hf_state[name], original, source)
     return build(cfg, convert_hf_state_dict(hf_state, cfg), tokenizer)
+
+
+def check_finite(name: str, tensor: Tensor, original: Tensor, source: str) -> None:
+    """Refuse a weight holding NaN or inf (a damaged checkpoint, or an overflow when converting dtype)."""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return
+    n_nan, n_inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+    overflowed = original.dtype != tensor.dtype and bool(torch.isfinite(original).all())
+    fix = (f"its values overflow {tensor.dtype}: load it in float32 or bfloat16" if overflowed
+           else "the checkpoint is damaged: download or save it again")
+    raise ValueError(f"Weight {name!r} of {source} holds {n_nan} NaN and {n_inf} inf values "
+                     f"(of {tensor.numel()}); {fix}.")
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -196,9 +253,13 @@ def _config(source: Any, model_name: str) -> Config:
     if isinstance(source, Config):
         return source
     if isinstance(source, (str, Path)):
+        path_text = str(source)
         if not Path(source).exists():
             raise FileNotFoundError(f"No config.json at {source}; pass config= or save the model with save_pretrained.")
-        source = json.loads(Path(source).read_text())
+        source = read_json(source, "config", "pass the config.json saved with these weights (save_pretrained writes it)")
+        if not isinstance(source, dict):
+            raise ValueError(f"The config file {path_text} holds {type(source).__name__}, not a JSON object; "
+                             "pass the config.json saved with these weights.")
     return Config.from_hf(source if isinstance(source, dict) else source.to_dict(), model_name=model_name)
 
 
@@ -217,7 +278,15 @@ def _tokenizer_from(directory: Path) -> Any:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(directory))
+    fix = "fix or delete the tokenizer files, or pass tokenizer= (or load with tokenizer=None for token ids only)"
+    for name in TOKENIZER_JSON_FILES:  # damaged JSON gets a message naming the file, not the parser's line/column
+        if (directory / name).exists():
+            read_json(directory / name, "tokenizer", fix)
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except Exception as error:  # tokenizers and transformers raise many types for unreadable files
+        raise ValueError(f"The tokenizer in {directory} could not be read ({type(error).__name__}: {error}); "
+                         f"{fix}.") from None
 
 
 def _from_hub(name: str) -> Path:

@@ -52,6 +52,8 @@ class HookedTransformer(nn.Module):
             point = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
             self.hook_dict[name] = getattr(point, name.rpartition(".")[2])
             self.hook_dict[name].name = name
+        # Hooking these changes how a block computes: only an explicit name turns them on, never a predicate.
+        self.opt_in_names = frozenset(name for name in self.hook_dict if hook_names_table.is_opt_in(name))
 
     # ----- hooks -----------------------------------------------------------------------------
     def hook_names(self) -> list[str]:
@@ -68,7 +70,7 @@ class HookedTransformer(nn.Module):
 
     def add_hook(self, name: str | Callable[[str], bool], fn: HookFn, direction: str = "fwd") -> None:
         """Attach a hook that stays until `reset_hooks()`. Prefer the `hooks()` context manager."""
-        for hook_name in resolve_names(self.hook_dict, name):
+        for hook_name in resolve_names(self.hook_dict, name, named_only=self.opt_in_names):
             self.hook_dict[hook_name].add_hook(fn, direction)
 
     def reset_hooks(self) -> None:
@@ -82,7 +84,7 @@ class HookedTransformer(nn.Module):
 
         `fn(activation, hook)` returns a replacement tensor of the same shape, or None to only read.
         """
-        with attached(self.hook_dict, fwd_hooks, bwd_hooks):
+        with attached(self.hook_dict, fwd_hooks, bwd_hooks, named_only=self.opt_in_names):
             yield self
 
     def run_with_hooks(self, input: ModelInput, fwd_hooks: HookList = (), bwd_hooks: HookList = (),
@@ -99,18 +101,20 @@ class HookedTransformer(nn.Module):
         return_type: "logits" `[batch, pos, d_vocab]`, "loss" (mean next-token cross-entropy, or
         `[batch, pos-1]` with `loss_per_token=True`), "both" `(logits, loss)`, or None (skips
         ln_final and the unembedding). `stop_at_layer=k` returns the residual stream before block k
-        `[batch, pos, d_model]` and runs nothing after it. `prepend_bos` applies to text input only.
+        `[batch, pos, d_model]` and runs nothing after it; a negative k counts from the end, as a slice. `prepend_bos` applies to text input only.
         """
         tokens = self.to_tokens(input, prepend_bos=prepend_bos) if _is_text(input) else self._checked_tokens(input)
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
         if stop_at_layer is not None and not -self.cfg.n_layers <= stop_at_layer <= self.cfg.n_layers:
-            raise ValueError(f"stop_at_layer={stop_at_layer} is outside [0, {self.cfg.n_layers}].")
+            raise ValueError(f"stop_at_layer={stop_at_layer} is outside [{-self.cfg.n_layers}, {self.cfg.n_layers}]: "
+                             f"k runs blocks [0, k), and a negative k counts from the end as in a slice.")
         if return_type in ("loss", "both") and tokens.shape[1] < 2:
             raise ValueError("The loss needs at least 2 tokens per sequence (it predicts token i+1 from i).")
         residual = self.hook_embed(F.embedding(tokens, self.W_E))
-        positions = self.W_pos[: tokens.shape[1]].expand(tokens.shape[0], -1, -1)
-        residual = residual + self.hook_pos_embed(positions)
+        # A gather, not a slice of W_pos: a hook may edit its input in place, and must never reach the weights.
+        position_ids = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+        residual = residual + self.hook_pos_embed(F.embedding(position_ids, self.W_pos))
         for block in self.blocks[:stop_at_layer]:
             residual = block(residual)
         if stop_at_layer is not None:
@@ -132,14 +136,15 @@ class HookedTransformer(nn.Module):
         """Run the model and return `(output, cache)` of the activations named by `names_filter`.
 
         names_filter: None (every hook except the opt-in per-head ones, see `interp.names`), a name,
-        a list of names, or a predicate on names. The cache holds references, not copies, unless
+        a list of names, or a predicate on names. Opt-in points are cached only when named explicitly:
+        a predicate never selects them (it would change ln1's shapes). The cache holds references, not copies, unless
         `device`/`dtype` ask for a conversion. With `return_type=None` and only names from early
         layers, the forward stops after the last layer needed. `incl_bwd=True` also caches
         gradients (`name + "_grad"`) of the scalar output (use return_type="loss"), without
         touching the parameters' `.grad`; otherwise the run is under `torch.no_grad()`.
         """
-        default = [name for name in self.hook_dict if not hook_names_table.is_opt_in(name)]
-        selected = resolve_names(self.hook_dict, names_filter, default=default)
+        default = [name for name in self.hook_dict if name not in self.opt_in_names]
+        selected = resolve_names(self.hook_dict, names_filter, default=default, named_only=self.opt_in_names)
         # Patterns and LayerNorm parts nobody hooks are computed from q/k or the LN input when first read.
         plan = {} if incl_bwd else {name: how for name in selected if (how := derivation(self, name, selected))}
         sources = {source for source_names, _ in plan.values() for source in source_names}
@@ -197,10 +202,21 @@ class HookedTransformer(nn.Module):
     def to_string(self, tokens: Int[Tensor, "... pos"] | list[int]) -> str | list[str]:
         return tokens_module.to_string(self.tokenizer, tokens)
 
-    def to_str_tokens(self, input: str | Int[Tensor, "pos"] | list[int], prepend_bos: bool | None = None) -> list[str]:
-        """Each token as its own string (for labels on attention patterns)."""
-        ids = self.to_tokens(input, prepend_bos)[0] if isinstance(input, str) else self._checked_tokens(input)[0]
-        return tokens_module.to_str_tokens(self.tokenizer, ids)
+    def to_str_tokens(self, input: str | Int[Tensor, "pos"] | Int[Tensor, "1 pos"] | list[int],
+                      prepend_bos: bool | None = None) -> list[str]:
+        """Each token of one sequence as its own string (for labels on attention patterns).
+
+        One sequence only: a `[batch, pos]` tensor with batch > 1 or a list of strings raises ValueError
+        (use `[model.to_str_tokens(row) for row in tokens]`); `prepend_bos` applies to text only.
+        """
+        if isinstance(input, list) and input and all(isinstance(x, str) for x in input):
+            raise ValueError(f"to_str_tokens takes one sequence, got a list of {len(input)} strings; "
+                             "use [model.to_str_tokens(text) for text in texts].")
+        tokens = self.to_tokens(input, prepend_bos) if isinstance(input, str) else self._checked_tokens(input)
+        if tokens.shape[0] != 1:
+            raise ValueError(f"to_str_tokens takes one sequence, got a batch of {tokens.shape[0]} "
+                             f"(shape {tuple(tokens.shape)}); use [model.to_str_tokens(row) for row in tokens].")
+        return tokens_module.to_str_tokens(self.tokenizer, tokens[0])
 
     def _prepend_bos(self, prepend_bos: bool | None) -> bool:
         return self.cfg.bos_token_id is not None if prepend_bos is None else prepend_bos
@@ -215,11 +231,14 @@ class HookedTransformer(nn.Module):
                  prepend_bos: bool | None = None) -> str | Int[Tensor, "batch pos"]:
         """Continue text or tokens; greedy at temperature 0, else seeded sampling (optionally top-k).
 
-        Hooks attached with `model.hooks(...)` act on every step. Returns text for text input.
+        Hooks attached with `model.hooks(...)` act on every step. Text input returns the prompt and its
+        continuation as text, without the BOS that tokenising added (`out[len(prompt):]` is the new text);
+        token input returns `[batch, pos + new]` ids, the prompt's ids included.
         Each step reruns the whole sequence (no key/value cache), so hooks always see full activations.
         """
         as_text = isinstance(input, str)
         tokens = self.to_tokens(input, prepend_bos) if as_text else self._checked_tokens(input)
+        n_added = 1 if as_text and self._prepend_bos(prepend_bos) else 0  # the BOS to_tokens put before the text
         if max_new_tokens < 0 or temperature < 0:
             raise ValueError("max_new_tokens and temperature must be >= 0.")
         if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
@@ -243,7 +262,7 @@ class HookedTransformer(nn.Module):
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
             if stop_at_eos and bool(finished.all()):
                 break
-        return self.to_string(tokens[0]) if as_text else tokens
+        return self.to_string(tokens[0, n_added:]) if as_text else tokens
 
     # ----- weights, stacked over layers (circuits names) -------------------------------------
     def _stack(self, get: Callable[[Block], Tensor]) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor
 def check_tokens(tokens: Any, d_vocab: int, n_ctx: int, device: torch.device | None = None) -> Int[Tensor, "batch pos"]:
     """Validate token ids for a model and return them as a `[batch, pos]` long tensor on `device`."""
     if isinstance(tokens, (list, tuple)):
-        tokens = torch.tensor(tokens)
+        tokens = _ids_from_list(tokens)
     if not isinstance(tokens, Tensor):
         raise TypeError(f"Expected text or token ids (a Tensor or list of ints), got {type(tokens).__name__}.")
     if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
@@ -23,6 +23,8 @@ def check_tokens(tokens: Any, d_vocab: int, n_ctx: int, device: torch.device | N
         tokens = tokens[None]
     if tokens.ndim != 2:
         raise ValueError(f"Token ids must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}.")
+    if tokens.shape[0] == 0:
+        raise ValueError(f"The batch is empty (shape {tuple(tokens.shape)}); pass at least one sequence.")
     if tokens.shape[1] == 0:
         raise ValueError("The input has no tokens; pass at least one token per sequence.")
     if tokens.shape[1] > n_ctx:
@@ -33,6 +35,30 @@ def check_tokens(tokens: Any, d_vocab: int, n_ctx: int, device: torch.device | N
         raise ValueError(f"Token id {bad} is outside the vocabulary [0, {d_vocab}); "
                          "check that the tokenizer matches the model.")
     return tokens.to(device=device, dtype=torch.long)
+
+
+def _ids_from_list(ids: list | tuple) -> Tensor:
+    """A list of ints `[pos]` or a rectangular list of lists `[batch, pos]` as a tensor, or a ValueError/TypeError
+    that says what is wrong with it (torch.tensor's own messages name no fix)."""
+    if len(ids) == 0:
+        raise ValueError("The input is an empty list; pass text, a list of token ids, or a [batch, pos] tensor.")
+    rows = ids if all(isinstance(row, (list, tuple)) for row in ids) else None
+    if rows is None and any(isinstance(x, (list, tuple)) for x in ids):
+        raise TypeError("The input mixes token ids and lists; pass a flat list of ids [pos] or a list of rows [batch, pos].")
+    for row_number, row in enumerate(rows if rows is not None else [ids]):
+        for x in row:
+            if isinstance(x, bool) or not isinstance(x, int) and not (isinstance(x, Tensor) and x.ndim == 0
+                                                                       and not x.is_floating_point()):
+                where = f"row {row_number} of the input" if rows is not None else "the input"
+                raise TypeError(f"Token ids must be ints, but {where} holds {x!r} ({type(x).__name__}); "
+                                "pass text as a str or a list of str, and ids as ints.")
+    if rows is not None:
+        lengths = sorted({len(row) for row in rows})
+        if len(lengths) > 1:
+            raise ValueError(f"The rows of the input have different lengths {lengths}; token rows must be equally "
+                             "long: pad them, or pass the texts as a list of strings to have them padded.")
+    return torch.tensor([list(map(int, row)) for row in rows] if rows is not None else list(map(int, ids)),
+                        dtype=torch.long)
 
 
 def _require(tokenizer: Any) -> Any:

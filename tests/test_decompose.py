@@ -15,7 +15,6 @@ from interp.analysis import decompose
 from interp.analysis.decompose import ComponentStack
 from interp.testing import random_hf_gpt2
 
-ALL_BUT_SPLIT_INPUTS = lambda name: not name.endswith("_input")  # noqa: E731  (defaults + opt-in hook_result)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -103,9 +102,12 @@ def test_head_results_plus_bias_sum_to_attn_out(small):
 
 def test_head_results_equal_the_opt_in_hook_result(gpt2_small_pair):
     _, model = gpt2_small_pair
-    _, cache = model.run_with_cache(random_tokens(model.cfg.d_vocab, batch=2, pos=8), names_filter=ALL_BUT_SPLIT_INPUTS)
+    tokens = random_tokens(model.cfg.d_vocab, batch=2, pos=8)
+    _, cache = model.run_with_cache(tokens)  # no hook_result: the stack is derived from hook_z
     derived = decompose.stack_head_results(cache, incl_bias=False).components
-    cached = torch.cat([cache[f"blocks.{layer}.attn.hook_result"].movedim(-2, 0) for layer in range(model.cfg.n_layers)])
+    results = [f"blocks.{layer}.attn.hook_result" for layer in range(model.cfg.n_layers)]  # opt-in: named
+    _, with_results = model.run_with_cache(tokens, names_filter=results)
+    cached = torch.cat([with_results[name].movedim(-2, 0) for name in results])
     # Same einsum on the same z and W_O as the forward's hook_result path: equal up to kernel rounding.
     torch.testing.assert_close(derived, cached, atol=1e-6, rtol=0)
 

@@ -37,12 +37,19 @@ def test_hooks_act_during_generation(tiny_pair):
     prompt = random_tokens(101, batch=1, pos=4)
     calls = []
 
-    def force_token_5(logits_input, hook):
-        calls.append(logits_input.shape[1])
+    def force_token_5(normalized, hook):
+        """Make ln_final's output the direction W_U maps to a logit vector whose largest entry is token 5."""
+        calls.append(normalized.shape[1])
+        direction = torch.linalg.lstsq(model.W_U.detach().T, torch.nn.functional.one_hot(
+            torch.tensor(5), model.cfg.d_vocab).float() * 100).solution
+        return direction.expand_as(normalized).clone()
 
+    plain = model.generate(prompt, max_new_tokens=3)
     with model.hooks([("ln_final.hook_normalized", force_token_5)]):
-        model.generate(prompt, max_new_tokens=3)
-    assert calls == [4, 5, 6]
+        forced = model.generate(prompt, max_new_tokens=3)
+    assert calls == [4, 5, 6]  # one full forward per step (no key/value cache yet)
+    assert forced[0, 4:].tolist() == [5, 5, 5] and plain[0, 4:].tolist() != [5, 5, 5]
+    assert torch.equal(model.generate(prompt, max_new_tokens=3), plain)  # and the hook is gone
 
 
 def test_generation_past_context_is_refused(tiny_pair):

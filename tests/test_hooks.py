@@ -7,9 +7,26 @@ from conftest import random_tokens
 from interp.names import all_hook_names
 
 
+# TransformerLens's GPT-2 hook names, written out by hand (not generated): one block, in forward order, plus the
+# opt-in per-head points TransformerLens has behind use_split_qkv_input / use_attn_result.
+TL_BLOCK_NAMES = [
+    "hook_resid_pre", "hook_q_input", "hook_k_input", "hook_v_input", "ln1.hook_scale", "ln1.hook_normalized",
+    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
+    "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized",
+    "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
+]
+
+
 def test_hook_names_follow_the_contract(tiny_pair):
     _, model = tiny_pair
-    assert model.hook_names() == all_hook_names(model.cfg.n_layers)
+    expected = ["hook_embed", "hook_pos_embed"]
+    for layer in range(2):
+        expected += [f"blocks.{layer}.{suffix}" for suffix in TL_BLOCK_NAMES]
+    expected += ["ln_final.hook_scale", "ln_final.hook_normalized"]
+    assert model.cfg.n_layers == 2 and model.hook_names() == expected
+    assert all_hook_names(2) == expected
+    assert sorted(model.opt_in_names) == sorted(f"blocks.{layer}.{suffix}" for layer in range(2) for suffix in
+                                                ["hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result"])
     for name in ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern",
                  "blocks.1.ln2.hook_scale", "blocks.0.mlp.hook_post", "ln_final.hook_normalized"]:
         assert model.hook_point(name).name == name
@@ -24,10 +41,11 @@ def test_every_cached_activation_has_the_documented_shape(tiny_pair):
                  query_pos=9, key_pos=9)
     sizes["1"] = 1
     tokens = random_tokens(101, batch=2, pos=9)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda name: not name.endswith("_input"))
+    split_inputs = [name for name in model.opt_in_names if name.endswith("_input")]
+    _, cache = model.run_with_cache(tokens, names_filter=[n for n in model.hook_names() if n not in split_inputs])
     # Per-head inputs switch ln1 to per-head copies (ln1.hook_scale becomes [batch, pos, n_heads, 1]),
-    # so they are checked in a run of their own.
-    _, inputs = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("_input"))
+    # so they are checked in a run of their own (named explicitly: a predicate never selects opt-in points).
+    _, inputs = model.run_with_cache(tokens, names_filter=split_inputs)
     cache = {**cache, **inputs}
     shapes = {**EMBED_HOOKS, **FINAL_HOOKS, **{f"blocks.0.{k}": v for k, v in BLOCK_HOOKS.items()}}
     for name, shape in shapes.items():
@@ -198,14 +216,18 @@ def test_incl_bwd_gradients_equal_autograd(tiny_pair):
 def test_backward_hook_can_edit_gradients(tiny_pair):
     _, model = tiny_pair
     tokens = random_tokens(101)
-    embed = []
-    model.add_hook("hook_embed", lambda a, h: embed.append(a) or None)
     try:
         with model.hooks(bwd_hooks=[("blocks.0.hook_resid_post", lambda grad, hook: torch.zeros_like(grad))]):
-            loss = model(tokens, return_type="loss")
-            loss.backward()
+            model(tokens, return_type="loss").backward()
+        w_pos_grad, w_in_1_grad = model.W_pos.grad.clone(), model.blocks[1].mlp.W_in.grad.clone()
     finally:
-        model.reset_hooks()
         model.zero_grad(set_to_none=True)
-    # everything upstream of layer 0's output only reaches the loss through it: its gradient is zero
-    assert model.W_pos.grad is None or torch.count_nonzero(model.W_pos.grad) == 0
+    # everything upstream of layer 0's output only reaches the loss through it: its gradient is zero,
+    # while block 1 (after the edit) still gets a gradient, so the backward pass did run
+    assert torch.count_nonzero(w_pos_grad) == 0
+    assert torch.count_nonzero(w_in_1_grad) > 0
+    model(tokens, return_type="loss").backward()  # without the hook W_pos does get a gradient
+    try:
+        assert torch.count_nonzero(model.W_pos.grad) > 0
+    finally:
+        model.zero_grad(set_to_none=True)

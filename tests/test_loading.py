@@ -1,5 +1,7 @@
 """Loading through every path a user takes, on models built offline."""
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -54,20 +56,7 @@ def test_bin_checkpoint_loads_with_weights_only(saved_dir, tmp_path):
         torch.testing.assert_close(model(tokens), HookedTransformer.from_pretrained(hf_model)(tokens), rtol=0, atol=0)
 
 
-def test_pickled_code_is_refused(tmp_path):
-    import pickle
-
-    class Evil:
-        def __reduce__(self):
-            return (print, ("executed",))
-
-    legacy, current = tmp_path / "legacy.bin", tmp_path / "current.bin"
-    with open(legacy, "wb") as file:
-        pickle.dump({"wte.weight": Evil()}, file)
-    torch.save({"wte.weight": Evil()}, current)
-    for path in (legacy, current):
-        with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported"):
-            HookedTransformer.from_pretrained(path, config=hf_config())
+# Pickled code: see tests/test_no_silent_corruption.py (it checks that the code did not run).
 
 
 def test_in_memory_load_copies_weights(saved_dir):
@@ -141,13 +130,10 @@ def test_config_mismatch_on_load(saved_dir, tmp_path):
             n_layer=2, n_head=4, n_embd=48, n_positions=48, vocab_size=101)))
 
 
-def test_unreachable_hub_id_fails_fast_with_local_directory_advice(monkeypatch):
-    import time
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
+def test_unreachable_hub_id_fails_with_local_directory_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline mode answers at once, without trying the network
     with pytest.raises(OSError, match="local directory"):
         HookedTransformer.from_pretrained("gpt2-medium")
-    assert time.perf_counter() - start < 10
 
 
 def test_unknown_model_name_suggests(tmp_path):
@@ -173,6 +159,6 @@ def test_config_validation_messages():
         Config(n_layers=1, d_model=8, n_heads=2, d_mlp=4, d_vocab=5, n_ctx=6, act_fn="swish")
     cfg = Config(n_layers=1, d_model=8, n_heads=2, d_mlp=4, d_vocab=5, n_ctx=6)
     assert cfg.d_head == 4
-    with pytest.raises(Exception):
-        cfg.n_layers = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_layers = 3  # frozen: vary a config with dataclasses.replace
     assert Config.from_hf(cfg.to_hf()) == cfg

@@ -149,6 +149,8 @@ def accumulated_resid(cache: ActivationCache, layer: int | None = None, incl_mid
     apply_ln=True: the logit-lens input. Each residual is centred and divided by its own scale
     sqrt(mean(centred²) + eps), then ln_final's w and b are applied (unless LN is folded into W_U).
     """
+    if apply_ln:
+        _refuse_gradients(cache, "accumulated_resid(apply_ln=True)", "use apply_ln=False: the gradient at each residual stream")
     model, n_layers = cache.model, cache.model.cfg.n_layers
     layer = _check_layer(model, layer, allow_final=True)
     kinds = ("pre", "mid") if incl_mid else ("pre",)
@@ -202,8 +204,11 @@ def stack_head_results(cache: ActivationCache, layer: int | None = None, pos_sli
     """Each head's output `z[..., h, :] @ W_O[l, h]` as "L{l}H{h}", for block `layer` (None: every block).
 
     incl_bias adds one "L{l}_bias" (b_O) per block; a block's heads plus its bias sum to its hook_attn_out.
-    Derived from `hook_z`; equal to the opt-in `attn.hook_result`.
+    Read from the opt-in `attn.hook_result` when it was cached, else derived from `hook_z`; derived results
+    that do not add up to a cached `hook_attn_out` (a cache of gradients) raise ValueError. For gradients
+    use `GradientCache` (`cache.gradients()`) or `interp.analysis.gradients.stack_head_gradients`.
     """
+    _refuse_gradients(cache, "stack_head_results", "use interp.analysis.gradients.stack_head_gradients")
     model = cache.model
     layers = range(model.cfg.n_layers) if layer is None else [_check_layer(model, layer, allow_final=False)]
     return _assemble([piece for index in layers for piece in _head_pieces(cache, index, pos_slice, incl_bias)],
@@ -219,6 +224,7 @@ def stack_neuron_results(cache: ActivationCache, layer: int, neurons: list[int] 
     3072 × batch × pos × 768 floats. incl_bias adds "L{l}_mlp_bias" (b_out); with every neuron the
     stack sums to hook_mlp_out.
     """
+    _refuse_gradients(cache, "stack_neuron_results", "use interp.analysis.gradients.stack_neuron_gradients")
     layer = _check_layer(cache.model, layer, allow_final=False)
     return _assemble(_neuron_pieces(cache, layer, neurons, pos_slice, incl_bias), pos_slice)
 
@@ -233,6 +239,7 @@ def get_full_resid_decomposition(cache: ActivationCache, layer: int | None = Non
     Sums to the residual stream at `layer`. With expand_neurons, GPT-2 small has 36,864 neuron
     components (each batch × pos × d_model): keep batch × pos small.
     """
+    _refuse_gradients(cache, "get_full_resid_decomposition", "use stack_head_gradients and stack_neuron_gradients")
     layer = _check_layer(cache.model, layer, allow_final=True)
     pieces = _embed_pieces(cache, pos_slice)
     for index in range(layer):
@@ -252,8 +259,14 @@ def _head_pieces(cache: ActivationCache, layer: int, pos_slice: PosSlice, incl_b
     attn = cache.model.blocks[layer].attn
 
     def heads() -> Float[Tensor, "n_heads *batch_and_pos d_model"]:
+        if f"blocks.{layer}.attn.hook_result" in cache:  # the opt-in per-head outputs, when they were cached
+            result = _read(cache, f"blocks.{layer}.attn.hook_result", pos_slice)
+            return einops.rearrange(result, "... n_heads d_model -> n_heads ... d_model")
         z = _read(cache, f"blocks.{layer}.attn.hook_z", pos_slice)
-        return einops.einsum(z, attn.W_O.to(z), "... n_heads d_head, n_heads d_head d_model -> n_heads ... d_model")
+        results = einops.einsum(z, attn.W_O.to(z), "... n_heads d_head, n_heads d_head d_model -> n_heads ... d_model")
+        _check_adds_up(cache, results.sum(0) + attn.b_O.to(results), f"blocks.{layer}.hook_attn_out", pos_slice,
+                       f"blocks.{layer}.attn.hook_z @ W_O")
+        return results
 
     def bias() -> Float[Tensor, "1 *batch_and_pos d_model"]:
         z = _read(cache, f"blocks.{layer}.attn.hook_z", pos_slice)
@@ -263,18 +276,51 @@ def _head_pieces(cache: ActivationCache, layer: int, pos_slice: PosSlice, incl_b
     return pieces + [([f"L{layer}_bias"], bias)] if incl_bias else pieces
 
 
+def neuron_indices(d_mlp: int, neurons: list[int] | slice | Tensor | None) -> Int[Tensor, "neuron"]:
+    """The neuron indices a selection names (None: all), or IndexError naming the valid range."""
+    if isinstance(neurons, (list, tuple, Tensor)) and any(not 0 <= int(n) < d_mlp for n in neurons):
+        raise IndexError(f"neurons must be in 0..{d_mlp - 1} (d_mlp={d_mlp}), got {neurons}.")
+    return torch.arange(d_mlp)[slice(None) if neurons is None else neurons].reshape(-1)
+
+
+def _check_adds_up(cache: ActivationCache, total: Tensor, name: str, pos_slice: PosSlice, made_from: str) -> None:
+    """Refuse per-component results that do not add up to the cached block output `name`.
+
+    They always do for activations of one run (to rounding); they do not when the cache holds gradients
+    (the gradient of a head's output is attn_out's gradient, not grad_z @ W_O) or a hook edited `name`.
+    """
+    if name not in cache:
+        return
+    expected = _read(cache, name, pos_slice).to(total)
+    tolerance = 1e-3 if total.dtype in (torch.float32, torch.float64) else 5e-2  # relative; fp32 rounding is ~1e-6
+    error = float((total - expected).norm() / expected.norm().clamp_min(1e-30))
+    if error > tolerance:
+        raise ValueError(
+            f"Components computed from {made_from} do not add up to {name} (relative error {error:.2g}). "
+            "If this cache holds gradients, use GradientCache(grads, model).stack_head_results() or "
+            "cache.gradients() of a run_with_cache(..., incl_bwd=True): a head's output adds into attn_out, so its "
+            "gradient is attn_out's gradient. If a hook edited that output, cache attn.hook_result (opt-in) instead.")
+
+
+def _refuse_gradients(cache: ActivationCache, what: str, instead: str) -> None:
+    if getattr(cache, "holds_gradients", False):
+        raise ValueError(f"{what} combines activations with weights, and this cache holds gradients; {instead}.")
+
+
 def _neuron_pieces(cache: ActivationCache, layer: int, neurons: list[int] | slice | Tensor | None,
                    pos_slice: PosSlice, incl_bias: bool) -> list[Piece]:
     mlp, d_mlp = cache.model.blocks[layer].mlp, cache.model.cfg.d_mlp
-    if isinstance(neurons, (list, tuple, Tensor)) and any(not 0 <= int(n) < d_mlp for n in neurons):
-        raise IndexError(f"neurons must be in 0..{d_mlp - 1} (d_mlp={d_mlp}), got {neurons}.")
-    indices = torch.arange(d_mlp)[slice(None) if neurons is None else neurons].reshape(-1)
+    indices = neuron_indices(d_mlp, neurons)
 
     def outputs() -> Float[Tensor, "neuron *batch_and_pos d_model"]:
         post = _read(cache, f"blocks.{layer}.mlp.hook_post", pos_slice)
         post = post[..., indices.to(post.device)]
         W_out = mlp.W_out[indices.to(mlp.W_out.device)].to(post)
-        return einops.einsum(post, W_out, "... neuron, neuron d_model -> neuron ... d_model")
+        results = einops.einsum(post, W_out, "... neuron, neuron d_model -> neuron ... d_model")
+        if len(indices) == d_mlp:  # only every neuron together adds up to mlp_out
+            _check_adds_up(cache, results.sum(0) + mlp.b_out.to(results), f"blocks.{layer}.hook_mlp_out", pos_slice,
+                           f"blocks.{layer}.mlp.hook_post * W_out")
+        return results
 
     def bias() -> Float[Tensor, "1 *batch_and_pos d_model"]:
         post = _read(cache, f"blocks.{layer}.mlp.hook_post", pos_slice)
@@ -296,6 +342,7 @@ def apply_ln_to_stack(cache: ActivationCache, stack: ComponentStack, layer: int 
     sums to its input. LN's w and b are not applied (see `logit_attrs`; after fold_ln there are none).
     pos_slice: the positions the stack covers; by default the one it was built with.
     """
+    _refuse_gradients(cache, "apply_ln_to_stack", "apply it to a stack of activations")
     model = cache.model
     layer = _check_layer(model, layer, allow_final=True)
     if layer == model.cfg.n_layers:
@@ -358,6 +405,7 @@ def logit_attrs(cache: ActivationCache, stack: ComponentStack, tokens: Tokens | 
     Bias convention: what is not attributed is the logit's constant part, `ln_final.b @ W_U[:, t] + b_U[t]`
     (`b_U[t]` after fold_ln). For a full decomposition the attributions sum to logit[t] minus that.
     """
+    _refuse_gradients(cache, "logit_attrs", "attribute with a cache of activations")
     model = cache.model
     if (tokens is None) == (directions is None):
         raise ValueError("Give exactly one of tokens= (answer token ids) or directions= (vectors in d_model).")
