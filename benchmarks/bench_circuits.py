@@ -20,6 +20,7 @@ from bench_forward import machine, peak_rss_of, write_section
 from interp import HookedTransformer
 from interp.analysis.circuits import (composition_baseline, composition_scores, copying_scores, full_ov_circuit,
                                       full_qk_circuit)
+from interp.factored import FactoredMatrix
 from interp.testing import hf_config, random_hf_gpt2
 
 MARK = "bench_circuits"
@@ -49,7 +50,15 @@ def main() -> None:
     hf_model = random_hf_gpt2(config, seed=0)
     layer, head = config.n_layer - 1, 1
     processed = HookedTransformer.from_pretrained(hf_model, process=True)
+    # A random d_vocab x d_head @ d_head x d_vocab product, built afresh each call (svd() caches).
+    d_vocab, d_head = config.vocab_size, config.n_embd // config.n_head
+    generator = torch.Generator().manual_seed(0)
+    left, right = torch.randn(d_vocab, d_head, generator=generator), torch.randn(d_head, d_vocab, generator=generator)
     cases = {
+        f"FactoredMatrix({d_vocab}x{d_head} @ {d_head}x{d_vocab}).svd(), random factors":
+            lambda: FactoredMatrix(left, right).svd(),
+        f"FactoredMatrix({d_vocab}x{d_head} @ {d_head}x{d_vocab}).norm(), random factors":
+            lambda: FactoredMatrix(left, right).norm(),
         "from_pretrained(transformers model), raw": lambda: HookedTransformer.from_pretrained(hf_model),
         "from_pretrained(transformers model, process=True)": lambda: HookedTransformer.from_pretrained(hf_model, process=True),
         f"full_ov_circuit(L{layer}H{head}).svd()  [d_vocab² product]": lambda: full_ov_circuit(processed, layer, head).svd(),
@@ -74,7 +83,9 @@ def main() -> None:
         f"Model: {shape}, random weights with randomised LayerNorms, fp32; median of {reps} after a warm-up.", "",
         "| operation | ms | peak extra RSS (MiB) |", "|---|---:|---:|", *rows, "",
         "Dense alternatives for scale: one d_vocab x d_vocab product is "
-        f"{config.vocab_size ** 2 * 4 / 1e9:.1f} GB and its SVD is out of reach on this machine.",
+        f"{config.vocab_size ** 2 * 4 / 1e9:.1f} GB and its SVD is out of reach on this machine. "
+        "Budget for the FactoredMatrix rows (\"seconds, small memory\"): under 10 s and 2 GiB extra RSS; "
+        "tests/test_factored.py checks that no tensor larger than a factor is made.",
     ])
     print(markdown)
     if not (args.quick or args.no_write):

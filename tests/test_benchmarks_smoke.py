@@ -9,6 +9,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow  # each script is a fresh process that imports torch and transformers: 4-13 s
 @pytest.mark.parametrize("script, heading", [("bench_forward.py", "Forward and caching"), ("bench_load.py", "Load"),
                                              ("bench_circuits.py", "Circuits and weight processing"),
                                              ("bench_patching.py", "Patching and path attribution"),

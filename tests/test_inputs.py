@@ -5,6 +5,7 @@ import torch
 
 from conftest import random_tokens
 from interp import HookedTransformer
+from interp.testing import hf_config, random_hf_gpt2
 from interp.tokens import gpt2_tokenizer
 
 
@@ -57,8 +58,9 @@ def test_lists_of_ids_and_1d_tensors_are_accepted(tiny_pair):
         torch.testing.assert_close(model(torch.tensor([1, 2, 3])), expected)
 
 
-def test_text_is_tokenised_with_bos(gpt2_small_pair):
-    hf_model, _ = gpt2_small_pair
+def test_text_is_tokenised_with_bos():
+    # Only the tokens matter here: a one-layer model with GPT-2's vocabulary, so the real tokenizer fits.
+    hf_model = random_hf_gpt2(hf_config(n_layer=1, n_head=2, n_embd=16, n_positions=64), seed=0)
     model = HookedTransformer.from_pretrained(hf_model, tokenizer=gpt2_tokenizer())
     assert model.to_tokens("Hello world").tolist() == [[50256, 15496, 995]]
     assert model.to_tokens("Hello world", prepend_bos=False).tolist() == [[15496, 995]]

@@ -1,7 +1,10 @@
 """Activation, path and attribution patching (interp.analysis.patching / .attribution).
 
-References are either exact identities (patching a run with its own activations changes nothing)
-or the same experiment written differently here (plain `run_with_hooks` loops, per-head input hooks).
+References are the same experiment written differently here: plain `run_with_hooks` forwards with
+a hook that overwrites one slice, per-head input hooks, and for attribution patching the derivative
+of the metric along each patch, taken by autograd through one scalar per site. Identities
+(identical activations are not rerun and give the unpatched metric exactly) are checked on runs
+where other sites do change, so a patching that does nothing fails.
 """
 
 import pytest
@@ -53,18 +56,105 @@ def no_hooks_left(model):
     return not any(point.has_hooks for point in model.hook_dict.values())
 
 
+# Two corrupted runs of CLEAN, in float64 (d_head = 8): other tokens at positions 3 and 7, or noise
+# on layer 0 head 1's values from position 5 on. The second leaves every layer-0 query, key and
+# pattern, the other layer-0 heads and all positions before 5 unchanged, so every site kind has both
+# sites that differ and sites that are identical between the runs.
+VALUE_NOISE = 0.1 * torch.randn(1, 12, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+
+def noisy_values(v, hook):
+    v = v.clone()
+    v[:, 5:, 1] += VALUE_NOISE[:, 5:]  # broadcasts over the rows of a batched run
+    return v
+
+
+CORRUPTIONS = {"tokens": (CORRUPTED, []), "values": (CLEAN, [("blocks.0.attn.hook_v", noisy_values)])}
+
+
+def sites_of(kind, n_layers=2, n_pos=12, n_heads=4):
+    """(table index, hook name, activation index after the batch axis) of every site of a kind.
+
+    Written from the hook shapes (resid/attn_out/mlp_out `[batch, pos, d_model]`, q/k/v/z
+    `[batch, pos, n_heads, d_head]`, pattern `[batch, n_heads, query_pos, key_pos]`), not with the
+    patching module's own index helpers.
+    """
+    layers, positions, heads = range(n_layers), range(n_pos), range(n_heads)
+    if kind in ("resid_pre", "attn_out", "mlp_out"):
+        return [((layer, pos), f"blocks.{layer}.hook_{kind}", (pos,)) for layer in layers for pos in positions]
+    if kind == "head_out_by_pos":
+        return [((layer, pos, head), f"blocks.{layer}.attn.hook_z", (pos, head))
+                for layer in layers for pos in positions for head in heads]
+    if kind == "pattern":
+        return [((layer, head), f"blocks.{layer}.attn.hook_pattern", (head,)) for layer in layers for head in heads]
+    suffix = "z" if kind == "head_out" else kind
+    return [((layer, head), f"blocks.{layer}.attn.hook_{suffix}", (slice(None), head))
+            for layer in layers for head in heads]
+
+
+@torch.no_grad()
+def activations(model, tokens, fwd_hooks, hook_names):
+    """Copies of the named activations of one plain forward with `fwd_hooks`."""
+    saved = {}
+
+    def save(activation, hook):
+        saved[hook.name] = activation.clone()
+
+    model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks) + [(name, save) for name in hook_names])
+    return saved
+
+
+def source_and_target(model, kind, direction, corruption):
+    """(target tokens, target hooks, source activations, target activations) of one experiment."""
+    corrupted_tokens, corrupted_hooks = CORRUPTIONS[corruption]
+    clean_run, corrupted_run = (CLEAN, []), (corrupted_tokens, corrupted_hooks)
+    source, target = (clean_run, corrupted_run) if direction == "denoise" else (corrupted_run, clean_run)
+    hook_names = sorted({name for _, name, _ in sites_of(kind)})  # all hooked, as in the patching call
+    return (*target, activations(model, *source, hook_names), activations(model, *target, hook_names))
+
+
 # ----- activation patching ---------------------------------------------------------------------
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("kind", list(SITES))
-def test_patching_clean_into_clean_changes_nothing(model, kind, direction):
-    result = run_kind(model, kind, CLEAN, CLEAN, direction=direction)
-    # Patching identical activations is the identity: such sites are not rerun, so this is exact
-    # (test_one_site_per_forward_... checks that the patched runs themselves keep the compute path).
-    assert (result.values == result.clean_metric).all()
-    assert result.clean_metric == result.corrupted_metric
-    # Against a plain forward, only hooking hook_pattern changes the path (explicit attention, ~1e-7).
-    assert result.clean_metric == pytest.approx(plain_metric(model, CLEAN), abs=1e-6)
+def test_patching_each_site_equals_a_hand_written_patch(model64, kind, direction, corruption):
+    """Sites that differ between the runs: the metric of a plain forward of the target run whose
+    one activation slice is overwritten by a hook. Identical sites: exactly the target metric, not rerun."""
+    model = model64
+    corrupted_tokens, corrupted_hooks = CORRUPTIONS[corruption]
+    target_tokens, target_hooks, source, target = source_and_target(model, kind, direction, corruption)
+    rows = []  # batch size of every forward the patching call makes
+    counter = model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        result = run_kind(model, kind, CLEAN, corrupted_tokens, direction=direction, corrupted_hooks=corrupted_hooks)
+    finally:
+        counter.remove()
     assert no_hooks_left(model)
+    target_metric = result.corrupted_metric if direction == "denoise" else result.clean_metric
+    # In float64 the hooked reference runs differ from plain forwards only by rounding (~1e-16).
+    assert result.clean_metric == pytest.approx(plain_metric(model, CLEAN), abs=1e-12)
+    assert result.corrupted_metric == pytest.approx(plain_metric(model, corrupted_tokens, corrupted_hooks), abs=1e-12)
+
+    n_changed, largest_effect = 0, 0.0
+    for table_index, hook_name, index in sites_of(kind):
+        where = (slice(None),) + index
+        if torch.equal(source[hook_name][where], target[hook_name][where]):
+            assert result.values[table_index] == target_metric, (hook_name, index)
+            continue
+
+        def overwrite(activation, hook, where=where, hook_name=hook_name):
+            activation = activation.clone()
+            activation[where] = source[hook_name][where]
+            return activation
+
+        expected = plain_metric(model, target_tokens, list(target_hooks) + [(hook_name, overwrite)])
+        # Batched rows and (for patterns) explicit attention in other layers change only float64 rounding.
+        assert result.values[table_index] == pytest.approx(expected, abs=1e-12), (hook_name, index)
+        n_changed += 1
+        largest_effect = max(largest_effect, abs(expected - target_metric))
+    assert n_changed > 0 and largest_effect > 1e-9  # a patch that wrote nothing (or the wrong slice) fails
+    # Two reference runs, then one copy of the target per changed site; identical sites are never run.
+    assert rows[:2] == [1, 1] and sum(rows[2:]) == n_changed
 
 
 def test_shapes_and_labels(model):
@@ -260,13 +350,60 @@ def test_attribution_in_the_noising_direction(model64):
     assert compare_attribution(actual, estimate)["pearson"] > 0.5
 
 
-def test_attribution_of_clean_into_clean_is_zero_and_leaves_the_model_alone(model):
+def derivatives_along(model, tokens, fwd_hooks, directions):
+    """d metric / d eps_i at eps = 0, where hook `name` adds sum_i eps_i * directions[name][i] to its activation.
+
+    directions: {hook name: [n_sites, *activation shape]}. One forward and backward for every site:
+    each eps_i is a scalar, so its gradient is the derivative of the metric along direction i.
+    """
+    eps = {name: torch.zeros(len(stack), dtype=stack.dtype, requires_grad=True) for name, stack in directions.items()}
+
+    def move(activation, hook):
+        return activation + torch.tensordot(eps[hook.name], directions[hook.name], dims=1)
+
+    with torch.enable_grad():
+        value = logit_diff(model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks) + [(n, move) for n in directions]))
+        grads = torch.autograd.grad(value, list(eps.values()))
+    return dict(zip(eps, grads))
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("kind", list(SITES))
+def test_attribution_is_the_derivative_of_the_metric_along_each_patch(model64, kind, direction, corruption):
+    """The attribution of a site is (a_source - a_target) · ∂metric/∂a on the target run, i.e. the
+    derivative of the metric at eps = 0 of the target run with that site moved by eps (a_source - a_target).
+    Here that derivative comes from autograd through a scalar eps per site (heads: the head's slice
+    of hook_z, q, k, v or pattern only), not from the gradient of the whole activation."""
+    model = model64
+    corrupted_tokens, corrupted_hooks = CORRUPTIONS[corruption]
     requires_grad = [p.requires_grad for p in model.parameters()]
-    for kind in SITES:
-        assert (attribution_patch(model, CLEAN, CLEAN, logit_diff, kind).effect == 0).all()
+    estimate = attribution_patch(model, CLEAN, corrupted_tokens, logit_diff, kind, direction=direction,
+                                 corrupted_hooks=corrupted_hooks)
     assert all(p.grad is None for p in model.parameters())
     assert [p.requires_grad for p in model.parameters()] == requires_grad
     assert no_hooks_left(model)
+    assert estimate.clean_metric == pytest.approx(plain_metric(model, CLEAN), abs=1e-12)
+    assert estimate.corrupted_metric == pytest.approx(plain_metric(model, corrupted_tokens, corrupted_hooks), abs=1e-12)
+
+    target_tokens, target_hooks, source, target = source_and_target(model, kind, direction, corruption)
+    sites = sites_of(kind)
+    directions = {name: [] for _, name, _ in sites}
+    for _, hook_name, index in sites:
+        where = (slice(None),) + index
+        step = torch.zeros_like(target[hook_name])
+        step[where] = source[hook_name][where] - target[hook_name][where]
+        directions[hook_name].append(step)
+    derivatives = derivatives_along(model, target_tokens, target_hooks,
+                                    {name: torch.stack(steps) for name, steps in directions.items()})
+    expected = torch.zeros_like(estimate.values)
+    position = {name: 0 for name in directions}
+    for table_index, hook_name, _ in sites:
+        expected[table_index] = derivatives[hook_name][position[hook_name]]
+        position[hook_name] += 1
+    assert expected.abs().max() > 1e-9  # the corruption moves every kind's sites (q, k: ~1e-8 at this init)
+    # Both are the same first-order quantity in float64, summed in a different order: ~1e-16 apart.
+    torch.testing.assert_close(estimate.effect, expected, atol=1e-12, rtol=1e-9)
 
 
 def test_attribution_errors(model):

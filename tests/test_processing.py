@@ -1,4 +1,4 @@
-"""Weight processing leaves the model's function unchanged (GPT-2 small shape, randomised LayerNorms)."""
+"""Weight processing leaves the model's function unchanged (tiny and GPT-2 small shapes, randomised LayerNorms)."""
 
 import copy
 
@@ -14,14 +14,20 @@ from interp.testing import random_hf_gpt2
 CASES = [(step,) for step in STEPS] + [STEPS]
 
 
-@pytest.fixture(scope="module")
-def small_run(gpt2_small_pair):
-    hf_model, raw = gpt2_small_pair
+@pytest.fixture(scope="module", params=["tiny", pytest.param("gpt2-small", marks=pytest.mark.slow)])
+def run(request):
+    """(transformers model, tokens, raw logits, transformers logits, raw hook_scale cache) of a 4-layer
+    tiny model, or of GPT-2 small's exact shape (slow: seconds per processed copy)."""
+    if request.param == "tiny":
+        hf_model = random_hf_gpt2(tiny_hf_config("4L-8H-untied-ninner"), seed=6)
+        raw = HookedTransformer.from_pretrained(hf_model)
+    else:
+        hf_model, raw = request.getfixturevalue("gpt2_small_pair")
     tokens = random_tokens(raw.cfg.d_vocab, batch=2, pos=24, seed=5)
     with torch.no_grad():
         hf_logits = hf_model(tokens).logits
         _, raw_cache = raw.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_scale"))
-    return tokens, raw(tokens), hf_logits, raw_cache
+    return hf_model, tokens, raw(tokens), hf_logits, raw_cache
 
 
 def _comparable(logits: torch.Tensor, steps) -> torch.Tensor:
@@ -30,9 +36,8 @@ def _comparable(logits: torch.Tensor, steps) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("steps", CASES, ids=["+".join(case) for case in CASES])
-def test_processing_keeps_logits_gpt2_small(gpt2_small_pair, small_run, steps):
-    hf_model, raw = gpt2_small_pair
-    tokens, raw_logits, hf_logits, _ = small_run
+def test_processing_keeps_logits(run, steps):
+    hf_model, tokens, raw_logits, hf_logits, _ = run
     model = HookedTransformer.from_pretrained(hf_model, **{step: True for step in steps})
     assert model.processing == {step: step in steps for step in STEPS}
     logits = model(tokens)
@@ -44,14 +49,13 @@ def test_processing_keeps_logits_gpt2_small(gpt2_small_pair, small_run, steps):
         assert logits.mean(-1).abs().max() < 1e-4
 
 
-def test_fold_ln_keeps_true_scale_and_strips_gains(gpt2_small_pair, small_run):
-    hf_model, _ = gpt2_small_pair
-    tokens, _, _, raw_cache = small_run
+def test_fold_ln_keeps_true_scale_and_strips_gains(run):
+    hf_model, tokens, _, _, raw_cache = run
     model = HookedTransformer.from_pretrained(hf_model, process=True)
-    assert model.blocks[3].ln1.w is None and model.ln_final.b is None
+    assert model.blocks[-1].ln1.w is None and model.ln_final.b is None
     assert not any(".ln" in name or "ln_final" in name for name in model.state_dict())
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_scale"))
-    assert set(cache) == set(raw_cache) and len(cache) == 2 * 12 + 1
+    assert set(cache) == set(raw_cache) and len(cache) == 2 * model.cfg.n_layers + 1
     for name in cache:
         torch.testing.assert_close(cache[name], raw_cache[name], rtol=1e-5, atol=1e-6)
 
@@ -120,9 +124,8 @@ def _rotation_fixing_ones(d_model: int, seed: int) -> torch.Tensor:
     return basis @ rotation @ basis.T  # basis[:, 0] is ±ones/√d, which the block rotation fixes
 
 
-def test_rotating_the_residual_basis_keeps_logits(gpt2_small_pair, small_run):
-    hf_model, _ = gpt2_small_pair
-    tokens, raw_logits, _, _ = small_run
+def test_rotating_the_residual_basis_keeps_logits(run):
+    hf_model, tokens, raw_logits, _, _ = run
     model = HookedTransformer.from_pretrained(hf_model, fold_ln=True)
     R = _rotation_fixing_ones(model.cfg.d_model, seed=0)
     rotated = copy.deepcopy(model)
