@@ -89,8 +89,10 @@ def test_real_gpt2_tokenizer_offline():
     assert len(tokenizer) == 50257
 
 
-def test_gpt2_small_directory_with_tokenizer(gpt2_small_pair, tmp_path):
-    hf_model, model = gpt2_small_pair
+def test_directory_with_the_real_gpt2_tokenizer(tmp_path):
+    # GPT-2's vocabulary with a tiny body: the directory path and its tokenizer are what is tested.
+    hf_model = random_hf_gpt2(hf_config(n_layer=1, n_head=2, n_embd=16, n_positions=32), seed=0)
+    model = HookedTransformer.from_pretrained(hf_model)
     hf_model.save_pretrained(tmp_path)
     gpt2_tokenizer().save_pretrained(tmp_path)
     loaded = HookedTransformer.from_pretrained(tmp_path)
