@@ -1,28 +1,39 @@
-"""Batch head-score runs: many prompts, many models, resumable and shardable.
+"""Batch head-score runs: many prompts, many models, resumable and shardable, never mixed.
 
-A run is split into units (a fixed number of sequences each). Each finished unit's score totals
-are written atomically to `OUT/<model>/<source>/units/`, so a run that dies loses at most the unit
-in flight, `--resume` skips finished units, and `--shard k/N` runs units k-1, k-1+N, ... so any
-scheduler can run shards side by side. The report is written once every unit is on disk; totals
-merge exactly (float64 sums in unit order), so resumed, sharded and one-go runs give the same files.
+A run is split into units (a fixed number of sequences each). Each finished unit's score totals are
+written atomically to `OUT/<model>/<source>/units/`, so a run that dies loses at most the unit in flight,
+`--resume` skips finished units, and `--shard k/N` runs units k-1, k-1+N, ... so any scheduler can run
+shards side by side. The report is written once every unit is on disk; totals merge exactly (float64
+sums in unit order), so resumed, sharded and one-go runs give the same files.
+
+Reliability (DESIGN.md): every option is checked before a model loads, and bad prompt lines under
+`--strict` before anything is written. A run's identity is the sha256 of its manifest (model, weights,
+config, dtype, device, protocol, prompts, unit and batch sizes); `manifest.json` and every unit file carry
+it, and a unit of another run is refused, never merged. A run folder is locked with `flock` (it dies with
+the process): a run takes `.lock` shared for its whole life, after checking the folder under the brief
+exclusive `.lock-setup`. Only a process alone in the folder may change it (remove temp files of killed
+runs, replace another run's files); shards of the same run share it; a different run is refused. A folder
+holding a different (or unreadable) run is replaced only with `--overwrite`. The report files are one set
+(`report.py`: `report.complete.json` is written last).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from interp import files, loading
 from interp.analysis.heads import (
     SCORE_TYPES,
-    HeadScores,
     ScoreSums,
     protocol_tokens,
     repeated_protocol,
@@ -31,14 +42,21 @@ from interp.analysis.heads import (
     text_score_sums,
 )
 from interp.model import HookedTransformer
-from interp.report import HeadScoreReport, package_versions, weights_sha256, write_atomic, write_report
+from interp.prompts import read_prompts, tokenize_prompts  # noqa: F401  (read_prompts: public here too)
+from interp.report import (COMPLETE_NAME, FILE_NAMES, HeadScoreReport, check_finite, check_formats, complete_report,
+                           example_patterns, package_versions, weights_sha256, write_report)
 
 DEFAULT_MODEL = "interp-toy"
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+REPLACE_FIX = "use a new --out, or --overwrite to delete it and start this run there"
+MANIFEST_FIX = ("delete it and rerun with --resume to keep the finished units of this run (each carries its run's "
+                "identity), or use a new --out, or --overwrite to start over")
+UNIT_FIX = "delete it and rerun with --resume to recompute that unit (or rerun without --resume to recompute all)"
 
 
 @dataclass(frozen=True)
 class HeadsJob:
-    """Everything a batch run needs; the CLI builds one from its arguments."""
+    """Everything a batch run needs; the CLI builds one from its arguments. Checked when built."""
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     prompts_file: Path | None = None
@@ -52,6 +70,7 @@ class HeadsJob:
     out_dir: Path = Path("reports")
     top_k: int = 5
     resume: bool = False
+    overwrite: bool = False  # replace a different run's files in the run folder
     shard: tuple[int, int] = (1, 1)
     formats: tuple[str, ...] = ("csv", "json", "md", "html")
     strict: bool = False
@@ -63,8 +82,36 @@ class HeadsJob:
         index, count = self.shard
         if not 1 <= index <= count:
             raise ValueError(f"--shard {index}/{count} is invalid: use k/N with 1 <= k <= N, e.g. 1/4.")
-        if self.batch_size < 1 or self.unit_size < 1:
-            raise ValueError("--batch-size and --unit-size must be >= 1.")
+        for option, value, least in (("--length", self.length, 2), ("--batch-size", self.batch_size, 1),
+                                     ("--unit-size", self.unit_size, 1), ("--top-k", self.top_k, 1),
+                                     ("--random-repeated", self.random_repeated, 1)):
+            if value is not None and value < least:
+                raise ValueError(f"{option} must be >= {least}, got {value}.")
+        if not self.models:
+            raise ValueError(f"No model given; pass --model NAME (default {DEFAULT_MODEL}).")
+        if self.dtype not in loading.DTYPES:
+            raise ValueError(f"--dtype {self.dtype!r} is not known; use one of {', '.join(loading.DTYPES)}.")
+        check_formats(self.formats)
+        check_device(self.device)
+
+
+def check_device(device: str) -> None:
+    """ValueError unless `device` names a device this machine has (cpu, cuda, cuda:N, mps)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device name; use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise ValueError(f"--device {device!r}: interp runs on cpu, cuda, cuda:N or mps.")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this PyTorch ({torch.__version__}) sees no CUDA GPU; use --device cpu, "
+                         "or install a CUDA build of PyTorch on a machine with a GPU.")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: MPS is not available here (it needs Apple silicon and a PyTorch build "
+                         "with MPS); use --device cpu.")
 
 
 @dataclass
@@ -80,60 +127,15 @@ class Outcome:
     skipped_lines: list[tuple[int, str]] = field(default_factory=list)
 
 
-# ----- prompts -----------------------------------------------------------------------------------
-def read_prompts(path: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-    """Prompts from a text file (one per line) or JSONL (a string or {"text"|"prompt": ...} per line).
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or a crash hook) during a run: what is saved, and where."""
 
-    Returns (prompts as (line number, text), problems as (line number, reason)); nothing is dropped
-    silently. Each line is decoded on its own, so one bad byte costs one line.
-    """
-    if not path.exists():
-        raise FileNotFoundError(f"Prompt file {path} does not exist.")
-    raw_lines = path.read_bytes().split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # the file's final newline ends a line, it does not start one
-    is_jsonl = path.suffix == ".jsonl"
-    prompts, problems = [], []
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            line = raw.rstrip(b"\r").decode("utf-8")
-        except UnicodeDecodeError as error:
-            problems.append((number, f"not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"))
-            continue
-        if is_jsonl and line.strip():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                problems.append((number, f"not valid JSON ({error.msg})"))
-                continue
-            text = value if isinstance(value, str) else value.get("text", value.get("prompt")) if isinstance(value, dict) else None
-            if not isinstance(text, str):
-                problems.append((number, 'JSONL lines must be a string or an object with a "text" or "prompt" string'))
-                continue
-            line = text
-        if not line.strip():
-            problems.append((number, "empty line"))
-            continue
-        prompts.append((number, line))
-    return prompts, problems
+    def __init__(self, folder: Path, units_done: int, units_total: int) -> None:
+        super().__init__(f"interrupted: {units_done} of {units_total} units are saved in {folder}")
+        self.folder, self.units_done, self.units_total = folder, units_done, units_total
 
 
-def tokenize_prompts(model: HookedTransformer, prompts: list[tuple[int, str]]) -> tuple[list[torch.Tensor], list[tuple[int, str]]]:
-    """Token ids (with BOS) of each prompt that fits the context; the rest as (line, reason). Never truncates."""
-    from interp import tokens as tokens_module
-
-    sequences, problems = [], []
-    for number, text in prompts:
-        tokens = tokens_module.to_tokens(model.tokenizer, text, model._prepend_bos(None), model.cfg.bos_token_id)
-        if tokens.shape[1] > model.cfg.n_ctx:
-            problems.append((number, f"{tokens.shape[1]} tokens, longer than the model's context "
-                                     f"n_ctx={model.cfg.n_ctx} (split it into shorter lines)"))
-            continue
-        sequences.append(tokens[0])
-    return sequences, problems
-
-
-# ----- the run -----------------------------------------------------------------------------------
+# ----- the run folder ----------------------------------------------------------------------------
 def model_slug(name: str) -> str:
     """A folder name for a model id: 'gpt2' -> 'gpt2', 'org/name' -> 'org--name', a path -> its name + hash."""
     path = Path(name)
@@ -143,66 +145,117 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("/", "--"))
 
 
-def _manifest_check(folder: Path, manifest: dict[str, Any], resume: bool) -> None:
-    """Refuse to mix units of different runs; without --resume, stale units of another run are removed."""
+def run_id(manifest: dict[str, Any]) -> str:
+    """The identity of a run: sha256 of its manifest (canonical JSON, without a stored run_id)."""
+    return files.json_sha256({key: value for key, value in manifest.items() if key != "run_id"})
+
+
+def _unit_path(folder: Path, unit: int) -> Path:
+    return folder / "units" / f"{unit:05d}.json"
+
+
+def read_unit(path: Path, identity: str, unit: int) -> ScoreSums:
+    """A unit's totals; ValueError naming the file if it is damaged or belongs to another run or unit."""
+    data = files.read_json(path, "unit", UNIT_FIX)
+    found = data.get("run_id") if isinstance(data, dict) else None
+    if found != identity:
+        raise ValueError(f"The unit file {path} belongs to another run (run id {str(found)[:12]}…, this run is "
+                         f"{identity[:12]}…), so it is never merged; use a new --out, or run without --resume "
+                         "(with --overwrite if the folder holds that other run) to start over.")
+    if data.get("unit") != unit:
+        raise ValueError(f"The unit file {path} holds unit {data.get('unit')}, not {unit}; {UNIT_FIX}.")
+    try:
+        return ScoreSums.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError(f"The unit file {path} is damaged (missing or malformed totals); {UNIT_FIX}.") from None
+
+
+def _other_run(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """Why `folder` holds files of a run other than `manifest`'s (naming the file and the fix), or None."""
     path = folder / "manifest.json"
+    identity = run_id(manifest)
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old != manifest:
-            changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-            if resume:
-                raise ValueError(f"{folder} holds a different run (differs in {changed}); "
-                                 "use a new --out, or rerun without --resume to start over.")
-            for unit in (folder / "units").glob("*.json"):
-                unit.unlink()
-    write_atomic(path, json.dumps(manifest, indent=1, sort_keys=True))
+        try:
+            old = files.read_json(path, "manifest", MANIFEST_FIX)
+        except ValueError as error:
+            return str(error)
+        if not isinstance(old, dict):
+            return f"The manifest file {path} is damaged (not a JSON object); {MANIFEST_FIX}."
+        if run_id(old) == identity:
+            return None
+        changed = sorted(k for k in set(old) | set(manifest) if k != "run_id" and old.get(k) != manifest.get(k))
+        return f"{folder} holds a different run (differs in {changed}; see {path}); {REPLACE_FIX}."
+    for path in sorted((folder / "units").glob("*.json")):
+        try:
+            read_unit(path, identity, int(path.stem) if path.stem.isdigit() else -1)
+        except ValueError as error:
+            return str(error)
+    return None
 
 
-def _run_units(folder: Path, n_units: int, job: HeadsJob, compute: Callable[[int], ScoreSums],
+def _clear(folder: Path) -> None:
+    """Delete a run's files (completion marker first, manifest last); other files in the folder stay."""
+    for name in (COMPLETE_NAME, *FILE_NAMES.values()):
+        (folder / name).unlink(missing_ok=True)
+    for path in (folder / "units").glob("*.json"):
+        path.unlink()
+    (folder / "manifest.json").unlink(missing_ok=True)
+
+
+def _prepare(folder: Path, manifest: dict[str, Any], identity: str, job: HeadsJob) -> None:
+    """Make the folder this run's (only while no other process is in it)."""
+    files.remove_temp_files(folder)
+    files.remove_temp_files(folder / "units")
+    reason = _other_run(folder, manifest)
+    if reason and not job.overwrite:
+        raise ValueError(reason)
+    if reason:
+        _clear(folder)
+    if reason or not (folder / "manifest.json").exists():
+        files.write_atomic(folder / "manifest.json",
+                           json.dumps({**manifest, "run_id": identity}, indent=1, sort_keys=True, allow_nan=False))
+
+
+def _same_run(folder: Path, manifest: dict[str, Any]) -> bool:
+    return (folder / "manifest.json").exists() and _other_run(folder, manifest) is None
+
+
+# ----- the run -----------------------------------------------------------------------------------
+def _units_on_disk(folder: Path, n_units: int) -> int:
+    return sum(_unit_path(folder, unit).exists() for unit in range(n_units))
+
+
+def _run_units(folder: Path, n_units: int, job: HeadsJob, identity: str, compute: Callable[[int], ScoreSums],
                stop_after: int | None) -> int:
     index, count = job.shard
     done_here = 0
     for unit in range(index - 1, n_units, count):
-        path = folder / "units" / f"{unit:05d}.json"
+        path = _unit_path(folder, unit)
         if job.resume and path.exists():
+            read_unit(path, identity, unit)  # a unit of another run or a damaged one is refused now
             continue
         if stop_after is not None and done_here >= stop_after:
             raise KeyboardInterrupt(f"stopped after {stop_after} units (test hook)")
-        write_atomic(path, json.dumps(compute(unit).to_dict()))
+        sums = compute(unit)
+        check_finite(sums.sums, dict(sums.loss_sums), f"unit {unit} of {folder}")
+        record = {"run_id": identity, "unit": unit, **sums.to_dict()}
+        files.write_atomic(path, json.dumps(record, allow_nan=False))
         done_here += 1
-    return sum((folder / "units" / f"{unit:05d}.json").exists() for unit in range(n_units))
+    return _units_on_disk(folder, n_units)
 
 
-def _merged(folder: Path, n_units: int) -> ScoreSums:
+def _merged(folder: Path, n_units: int, identity: str) -> ScoreSums:
     totals = None
     for unit in range(n_units):
-        part = ScoreSums.from_dict(json.loads((folder / "units" / f"{unit:05d}.json").read_text(encoding="utf-8")))
+        part = read_unit(_unit_path(folder, unit), identity, unit)
         totals = part if totals is None else totals.merge(part)
     assert totals is not None
     return totals
 
 
-def _example(model: HookedTransformer, tokens: torch.Tensor, scores: HeadScores, top_k: int, caption: str) -> dict[str, Any]:
-    """Patterns of the top heads of every score type on one sequence, for the HTML view."""
-    heads: dict[tuple[int, int], list[str]] = {}
-    for name in scores.scores:
-        for layer, head, value in scores.top_heads(name, min(top_k, 3)):
-            heads.setdefault((layer, head), []).append(f"{name} {value:.2f}")
-    layers = sorted({layer for layer, _ in heads})
-    _, cache = model.run_with_cache(tokens[None].to(model.W_E.device), return_type=None,
-                                    names_filter=[f"blocks.{layer}.attn.hook_pattern" for layer in layers])
-    patterns = {f"L{layer}H{head} " + ", ".join(labels): cache["pattern", layer][0, head].float().cpu().tolist()
-                for (layer, head), labels in sorted(heads.items())}
-    str_tokens = model.to_str_tokens(tokens) if model.tokenizer is not None else [str(t) for t in tokens.tolist()]
-    return {"str_tokens": str_tokens, "patterns": patterns, "caption": caption}
-
-
-def run_source(model: HookedTransformer, model_id: str, source: str, job: HeadsJob, weights_hash: str,
-               sequences: list[torch.Tensor] | torch.Tensor, prompts_hash: str | None,
-               skipped: list[tuple[int, str]], stop_after: int | None = None) -> Outcome:
-    """Score one source for one model, unit by unit, and write the report once all units exist."""
-    folder = job.out_dir / model_slug(model_id) / source
-    n_units = -(-len(sequences) // job.unit_size)
+def _protocol(model: HookedTransformer, source: str, job: HeadsJob, sequences: list[torch.Tensor] | torch.Tensor,
+              skipped: list[tuple[int, str]]) -> tuple[dict[str, Any], Callable[[int], ScoreSums]]:
+    """The protocol record of a source and the function that scores one unit of it."""
     common = dict(score_types=SCORE_TYPES, exclude_bos=job.exclude_bos, exclude_current_token=job.exclude_current_token,
                   progress=False)
     if source == "repeated":
@@ -212,76 +265,114 @@ def run_source(model: HookedTransformer, model_id: str, source: str, job: HeadsJ
         def compute(unit: int) -> ScoreSums:
             rows = sequences[unit * job.unit_size: (unit + 1) * job.unit_size]
             return repeated_score_sums(model, rows, job.length, job.batch_size, **common)
-    else:
-        protocol = text_protocol(len(sequences), int(sum(len(s) for s in sequences)), job.exclude_bos,
-                                 job.exclude_current_token)
-        protocol["n_skipped"] = len(skipped)
+        return protocol, compute
+    protocol = text_protocol(len(sequences), int(sum(len(s) for s in sequences)), job.exclude_bos,
+                             job.exclude_current_token)
+    protocol["n_skipped"] = len(skipped)
 
-        def compute(unit: int) -> ScoreSums:
-            return text_score_sums(model, sequences[unit * job.unit_size: (unit + 1) * job.unit_size],
-                                   job.batch_size, **common)
+    def compute_text(unit: int) -> ScoreSums:
+        return text_score_sums(model, sequences[unit * job.unit_size: (unit + 1) * job.unit_size],
+                               job.batch_size, **common)
+    return protocol, compute_text
+
+
+def _write_report(model: HookedTransformer, folder: Path, outcome: Outcome, job: HeadsJob, identity: str,
+                  provenance: dict[str, Any], first_sequence: torch.Tensor) -> None:
+    """The report set from the units on disk, unless `--resume` finds it complete for this run."""
+    with files.setup_lock(folder):  # one writer of the set at a time (shards may finish together)
+        if job.resume and "json" in job.formats and complete_report(folder, job.formats, identity):
+            outcome.report = HeadScoreReport.from_json(folder / FILE_NAMES["json"])
+            outcome.files = {fmt: folder / FILE_NAMES[fmt] for fmt in job.formats}
+            return
+        scores = _merged(folder, outcome.units_total, identity).to_scores(provenance["protocol"])
+        caption = ("The first sequence of the protocol." if outcome.source == "repeated" else "The first prompt.") + \
+            " Choose a head; hover a cell or a token to read the attention."
+        example = example_patterns(model, first_sequence, scores, job.top_k, caption)
+        outcome.report = HeadScoreReport(scores=scores, example=example, **provenance)
+        outcome.files = write_report(outcome.report, folder, job.formats, job.top_k, run_id=identity)
+
+
+def run_source(model: HookedTransformer, model_id: str, source: str, job: HeadsJob, weights_hash: str,
+               sequences: list[torch.Tensor] | torch.Tensor, prompts_hash: str | None,
+               skipped: list[tuple[int, str]], stop_after: int | None = None) -> Outcome:
+    """Score one source for one model, unit by unit, and write the report once all units exist."""
+    folder = job.out_dir / model_slug(model_id) / source
+    n_units = -(-len(sequences) // job.unit_size)
+    protocol, compute = _protocol(model, source, job, sequences, skipped)
     provenance = dict(model_id=model_id, weights_sha256=weights_hash, config=model.cfg.to_dict(),
                       processing=dict(getattr(model, "processing", {}) or {}), dtype=str(model.W_E.dtype).removeprefix("torch."),
                       device=str(model.W_E.device), source=source, protocol=protocol, prompts_sha256=prompts_hash,
                       versions=package_versions())
     manifest = {**{k: v for k, v in provenance.items() if k != "versions"}, "unit_size": job.unit_size,
                 "batch_size": job.batch_size, "interp": provenance["versions"]["interp"]}
-    _manifest_check(folder, manifest, job.resume)
     from tqdm.auto import tqdm
 
-    with tqdm(total=n_units, desc=f"{model_slug(model_id)} {source}", unit="unit", disable=not job.progress) as bar:
-        def tracked(unit: int) -> ScoreSums:
-            result = compute(unit)
-            bar.update(1)
-            return result
-        done = _run_units(folder, n_units, job, tracked, stop_after)
-    outcome = Outcome(model_id, source, done, n_units, skipped_lines=skipped)
-    if done < n_units:
-        return outcome
-    scores = _merged(folder, n_units).to_scores(protocol)
-    example_tokens = sequences[0]
-    caption = ("The first sequence of the protocol." if source == "repeated" else "The first prompt.") + \
-        " Choose a head; hover a cell or a token to read the attention."
-    outcome.report = HeadScoreReport(scores=scores, example=_example(model, example_tokens, scores, job.top_k, caption),
-                                     **provenance)
-    outcome.files = write_report(outcome.report, folder, job.formats, job.top_k)
+    outcome = Outcome(model_id, source, 0, n_units, skipped_lines=skipped)
+    identity = run_id(manifest)
+    with files.shared_folder(folder, lambda: _prepare(folder, manifest, identity, job), lambda: _same_run(folder, manifest)):
+        try:
+            with tqdm(total=n_units, desc=f"{model_slug(model_id)} {source}", unit="unit", disable=not job.progress) as bar:
+                def tracked(unit: int) -> ScoreSums:
+                    result = compute(unit)
+                    bar.update(1)
+                    return result
+                outcome.units_done = _run_units(folder, n_units, job, identity, tracked, stop_after)
+            if outcome.units_done == n_units:
+                _write_report(model, folder, outcome, job, identity, provenance, sequences[0])
+        except KeyboardInterrupt as interrupt:
+            raise Interrupted(folder, _units_on_disk(folder, n_units), n_units) from interrupt
     return outcome
+
+
+def _checked_prompts(job: HeadsJob, log: Callable[[str], None]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """The prompt file's lines; with --strict a bad line fails here, before any model loads."""
+    if job.prompts_file is None:
+        return [], []
+    prompts, problems = read_prompts(job.prompts_file)
+    if job.strict:
+        _report_problems(job, problems, log)
+    return prompts, problems
+
+
+def _report_problems(job: HeadsJob, problems: list[tuple[int, str]], log: Callable[[str], None]) -> None:
+    """Log each bad prompt line; with --strict they are an error."""
+    for number, why in problems:
+        log(f"{job.prompts_file}:{number}: {why}" + ("" if job.strict else " (skipped)"))
+    if problems and job.strict:
+        raise ValueError(f"{len(problems)} bad prompt lines in {job.prompts_file} (--strict); fix or drop them.")
+
+
+def _sources(model: HookedTransformer, model_id: str, job: HeadsJob, prompts: list[tuple[int, str]],
+             line_problems: list[tuple[int, str]], log: Callable[[str], None]) -> list[tuple[str, Any, str, list]]:
+    """(source, sequences, their sha256, skipped lines) for each source of one model, all checked before any is run."""
+    sources = []
+    if job.random_repeated is not None:
+        tokens = protocol_tokens(model, job.random_repeated, job.length, job.seed)
+        sources.append(("repeated", tokens, hashlib.sha256(tokens.numpy().tobytes()).hexdigest(), []))
+    if prompts:
+        sequences, token_problems = tokenize_prompts(model, prompts)
+        problems = sorted(line_problems + token_problems)
+        _report_problems(job, problems, log)
+        if not sequences:
+            raise ValueError(f"No prompt in {job.prompts_file} fits {model_id}'s context n_ctx={model.cfg.n_ctx}.")
+        digest = hashlib.sha256(b"".join(s.numpy().tobytes() + b"|" for s in sequences)).hexdigest()
+        sources.append(("prompts", sequences, digest, problems))
+    return sources
 
 
 def run(job: HeadsJob, log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
         stop_after: int | None = None) -> list[Outcome]:
     """Run every (model, source) of the job; returns what each produced. `stop_after` is a test hook
     that interrupts the run after that many units, as a crash would."""
-    from interp.loading import load
-
     if job.prompts_file is None and job.random_repeated is None:
-        job = HeadsJob(**{**asdict(job), "random_repeated": 100})
-    prompts, line_problems = read_prompts(job.prompts_file) if job.prompts_file else ([], [])
-    if job.prompts_file and not prompts:
-        detail = "; ".join(f"line {n}: {why}" for n, why in line_problems[:5]) or "the file is empty"
-        raise ValueError(f"No usable prompts in {job.prompts_file} ({detail}).")
+        job = dataclasses.replace(job, random_repeated=100)
+    prompts, line_problems = _checked_prompts(job, log)
     outcomes = []
     for model_id in job.models:
-        model = load(model_id, device=job.device, dtype=job.dtype)
+        model = loading.load(model_id, device=job.device, dtype=job.dtype)
         weights_hash = weights_sha256(model)
-        if job.random_repeated is not None:
-            tokens = protocol_tokens(model, job.random_repeated, job.length, job.seed)
-            digest = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
-            outcomes.append(run_source(model, model_id, "repeated", job, weights_hash, tokens, digest, [], stop_after))
-        if prompts:
-            if model.tokenizer is None:
-                raise ValueError(f"{model_id} has no tokenizer, so it cannot score text prompts; "
-                                 "use --random-repeated, or a model directory with tokenizer files.")
-            sequences, token_problems = tokenize_prompts(model, prompts)
-            problems = sorted(line_problems + token_problems)
-            for number, why in problems:
-                log(f"{job.prompts_file}:{number}: {why}" + ("" if job.strict else " (skipped)"))
-            if problems and job.strict:
-                raise ValueError(f"{len(problems)} bad prompt lines in {job.prompts_file} (--strict); fix or drop them.")
-            if not sequences:
-                raise ValueError(f"No prompt in {job.prompts_file} fits {model_id}'s context n_ctx={model.cfg.n_ctx}.")
-            digest = hashlib.sha256(b"".join(s.numpy().tobytes() + b"|" for s in sequences)).hexdigest()
-            outcomes.append(run_source(model, model_id, "prompts", job, weights_hash, sequences, digest, problems, stop_after))
+        for source, sequences, digest, skipped in _sources(model, model_id, job, prompts, line_problems, log):
+            outcomes.append(run_source(model, model_id, source, job, weights_hash, sequences, digest, skipped, stop_after))
     return outcomes
 
 

@@ -35,10 +35,16 @@ def heads(args: argparse.Namespace) -> int:
     job = batch.HeadsJob(
         models=tuple(args.model or [batch.DEFAULT_MODEL]), prompts_file=args.prompts, random_repeated=args.random_repeated,
         length=args.length, seed=args.seed, batch_size=args.batch_size, unit_size=args.unit_size, device=args.device,
-        dtype=args.dtype, out_dir=args.out, top_k=args.top_k, resume=args.resume, shard=shard,  # type: ignore[arg-type]
-        formats=tuple(args.format.split(",")), strict=args.strict, exclude_bos=args.exclude_bos,
-        exclude_current_token=args.exclude_current_token, progress=not args.no_progress)
-    outcomes = batch.run(job)
+        dtype=args.dtype, out_dir=args.out, top_k=args.top_k, resume=args.resume, overwrite=args.overwrite,
+        shard=shard, formats=tuple(part.strip() for part in args.format.split(",")),  # type: ignore[arg-type]
+        strict=args.strict, exclude_bos=args.exclude_bos, exclude_current_token=args.exclude_current_token,
+        progress=not args.no_progress)
+    try:
+        outcomes = batch.run(job)
+    except batch.Interrupted as interrupt:
+        print(f"interp heads: interrupted: {interrupt.units_done} of {interrupt.units_total} units are saved in "
+              f"{interrupt.folder}; run the same command with --resume to continue.", file=sys.stderr)
+        return 130
     print(batch.terminal_summary(outcomes, args.top_k))
     return 0
 
@@ -56,18 +62,25 @@ def add_heads_command(commands: Any) -> None:
                     "nor --random-repeated, scores 100 repeated random-token sequences.")
     parser.add_argument("--model", action="append", help="bundled name (default interp-toy), hub id, directory "
                         "or .safetensors file; repeat for several models")
-    parser.add_argument("--prompts", type=Path, help="text file, one prompt per line, or .jsonl ({\"text\": ...} per line)")
+    parser.add_argument("--prompts", type=Path, help="text file, one prompt per line (UTF-8, or UTF-16/32 with a "
+                        "byte-order mark; \\n, \\r\\n or \\r line ends), or JSON Lines if named .jsonl or .json in any "
+                        "case (a string or {\"text\": ...} per line; a single JSON array is refused)")
     parser.add_argument("--random-repeated", type=int, metavar="N", help="score N sequences of BOS + L random tokens repeated twice")
     parser.add_argument("--length", type=int, default=50, metavar="L", help="random tokens per copy (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--unit-size", type=int, default=64, help="sequences per saved unit of work (resume granularity)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports/)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before any model loads)")
+    parser.add_argument("--dtype", default="float32", help="float32 (fp32), bfloat16 (bf16) or float16 (fp16)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports/); a run "
+                        "locks OUT/MODEL/SOURCE, so a different run into it at the same time is refused")
     parser.add_argument("--top-k", type=int, default=5, help="heads listed per score type")
-    parser.add_argument("--resume", action="store_true", help="skip units already finished in --out")
-    parser.add_argument("--shard", type=_shard, help="run shard k of N (e.g. 2/4); the report appears when all shards are done")
+    parser.add_argument("--resume", action="store_true", help="skip units this same run already finished in --out "
+                        "(units of another run are refused)")
+    parser.add_argument("--overwrite", action="store_true", help="if --out holds a different (or damaged) run, "
+                        "delete its units and reports and start this run there; without it such a run is refused")
+    parser.add_argument("--shard", type=_shard, help="run shard k of N (e.g. 2/4); shards of one run may share --out, "
+                        "at the same time too; the report appears when all shards are done")
     parser.add_argument("--format", default="csv,json,md,html", help="comma-separated: csv,json,md,html")
     parser.add_argument("--strict", action="store_true", help="fail on any bad prompt line instead of skipping it")
     parser.add_argument("--exclude-bos", action="store_true", help="score attention as a fraction of non-BOS attention")
@@ -96,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        print(f"interp {args.command}: interrupted; rerun the command (with --resume for heads) to continue.",
+              file=sys.stderr)
+        return 130
     except (KeyError, ValueError, OSError, TypeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"interp {args.command}: error: {message}", file=sys.stderr)

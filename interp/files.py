@@ -5,7 +5,8 @@
 report in a shared folder is readable by colleagues; the data and the folder entry are fsynced before it returns.
 `write_file_set` writes several files so that a reader can tell whether they are one complete set (a marker
 written last lists each file's sha256; `verify_file_set` checks it). `FileLock` is an OS lock (`flock`) that
-dies with its process, so a killed writer never leaves a stale lock.
+dies with its process, so a killed writer never leaves a stale lock; `shared_folder` uses two of them so that
+processes doing the same work share a folder and only a process alone in it may change it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +147,12 @@ def verify_file_set(folder: str | os.PathLike, marker: str, fix: str) -> dict[st
     return record
 
 
+def json_sha256(value: Any) -> str:
+    """sha256 of `value` as canonical JSON (sorted keys, no spaces, no NaN)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -192,3 +201,41 @@ class FileLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class FolderBusyError(OSError):
+    """Another process holds the folder for different work."""
+
+
+LOCK_NAME = ".lock"  # held shared by every process working in the folder
+SETUP_LOCK_NAME = ".lock-setup"  # held exclusively, briefly, to check or change the folder
+
+
+@contextmanager
+def setup_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s brief exclusive lock (waiting for it): for checks and changes that must not interleave."""
+    with FileLock(folder / SETUP_LOCK_NAME) as lock:
+        lock.acquire(exclusive=True, wait=True)
+        yield
+
+
+@contextmanager
+def shared_folder(folder: Path, prepare: Callable[[], None], may_join: Callable[[], bool]) -> Iterator[None]:
+    """Work in `folder` alongside processes doing the same work; change it only when alone.
+
+    Under `setup_lock`: if no other process holds `folder/.lock`, `prepare()` runs (it may clean and change
+    the folder); otherwise this process joins only if `may_join()`, else FolderBusyError. Then `.lock` is held
+    shared until the block ends. Both locks die with the process.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    busy = FolderBusyError(f"{folder} is in use: another run holds its lock ({folder / LOCK_NAME}); wait for it "
+                           "to finish, or use a different --out (shards of one run may share a folder).")
+    with FileLock(folder / LOCK_NAME) as lock:
+        with setup_lock(folder):
+            if lock.acquire(exclusive=True):  # alone
+                prepare()
+            elif not may_join():
+                raise busy
+            if not lock.acquire(exclusive=False):  # converting is safe here: others wait for the setup lock
+                raise busy
+        yield

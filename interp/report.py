@@ -1,9 +1,17 @@
 """Head-score reports: one `HeadScoreReport` -> CSV, JSON, Markdown and a self-contained HTML page.
 
-Every file is written atomically (temp file in the same folder, then rename), so a reader never
-sees half a report. The JSON holds everything needed to compare a rerun bit for bit: schema
-version, model id and weights hash, config, processing, dtype, device, prompts hash, protocol and
-seed, package versions. It holds no timestamps, so identical runs give identical files.
+The report files of a folder are one set, with a completion marker (chosen over a temporary folder moved
+into place, because the files sit beside a run's `units/` and `manifest.json`, and several files cannot be
+renamed into an existing folder in one step). `write_report` renders every format in memory first (a failed
+render leaves the old set untouched), then removes `report.complete.json`, writes each file atomically
+(`interp.files.write_atomic`: temp file, fsync, rename) and writes `report.complete.json` last, listing each
+file and its sha256. Readers check it: `HeadScoreReport.from_json` refuses a set that is incomplete or was
+changed, and `interp heads --resume` rewrites it. Scores with NaN or inf are refused before anything is
+written, and JSON is written with `allow_nan=False`.
+
+The JSON holds everything needed to compare a rerun bit for bit: schema version, model id and weights
+hash, config, processing, dtype, device, prompts hash, protocol and seed, package versions. It holds no
+timestamps, so identical runs give identical files.
 """
 
 from __future__ import annotations
@@ -14,20 +22,27 @@ import hashlib
 import html
 import io
 import json
-import os
+import math
 import platform
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
+from interp import files
 from interp.analysis.heads import HeadScores
+from interp.files import write_atomic  # noqa: F401  (re-exported: the package's one atomic writer)
+from interp.model import HookedTransformer
 
 SCHEMA_VERSION = 1
 FORMATS = ("csv", "json", "md", "html")
 FILE_NAMES = {"csv": "scores.csv", "json": "report.json", "md": "summary.md", "html": "report.html"}
+COMPLETE_NAME = "report.complete.json"  # written last by write_report: the set is complete
+READ_FIX = ("rerun the run that wrote it with --resume (or call write_report again) to rewrite the whole set, "
+            "and copy report.complete.json along with the report files")
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,13 @@ class HeadScoreReport:
 
     @classmethod
     def from_json(cls, path: str | Path) -> HeadScoreReport:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        """Read a `report.json` back; raises ValueError unless its folder holds the complete set it belongs to."""
+        path = Path(path)
+        record = files.verify_file_set(path.parent, COMPLETE_NAME, READ_FIX)
+        if path.name not in record["files"]:
+            raise files.IncompleteFileSet(f"{path} is not one of the report files listed in "
+                                          f"{path.parent / COMPLETE_NAME}; {READ_FIX}.")
+        data = files.read_json(path, "report", READ_FIX)
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{path} has schema_version {data.get('schema_version')}, this interp reads {SCHEMA_VERSION}.")
         scores = HeadScores({k: torch.tensor(v) for k, v in data["scores"].items()}, data["n_queries"],
@@ -94,25 +115,50 @@ def package_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+# ----- the example view --------------------------------------------------------------------------
+def example_patterns(model: HookedTransformer, tokens: Int[Tensor, "pos"], scores: HeadScores, top_k: int,
+                     caption: str) -> dict[str, Any]:
+    """`HeadScoreReport.example`: patterns of the top heads of every score type on one sequence, for the HTML view."""
+    heads: dict[tuple[int, int], list[str]] = {}
+    for name in scores.scores:
+        for layer, head, value in scores.top_heads(name, min(top_k, 3)):
+            heads.setdefault((layer, head), []).append(f"{name} {value:.2f}")
+    layers = sorted({layer for layer, _ in heads})
+    _, cache = model.run_with_cache(tokens[None].to(model.W_E.device), return_type=None,
+                                    names_filter=[f"blocks.{layer}.attn.hook_pattern" for layer in layers])
+    patterns = {f"L{layer}H{head} " + ", ".join(labels): cache["pattern", layer][0, head].float().cpu().tolist()
+                for (layer, head), labels in sorted(heads.items())}
+    str_tokens = model.to_str_tokens(tokens) if model.tokenizer is not None else [str(t) for t in tokens.tolist()]
+    return {"str_tokens": str_tokens, "patterns": patterns, "caption": caption}
+
+
+# ----- checks ------------------------------------------------------------------------------------
+def check_finite(tables: dict[str, Float[Tensor, "layer head"]], losses: dict[str, float | None], what: str) -> None:
+    """Raise ValueError naming each score type and head (and loss) that is NaN or inf.
+
+    what: where the numbers come from, e.g. "the report of gpt2" (said in the message).
+    """
+    problems = []
+    for name, table in tables.items():
+        bad = (~torch.isfinite(torch.as_tensor(table))).nonzero().tolist()
+        if bad:
+            heads = ", ".join(f"L{layer}H{head}" for layer, head in bad[:8])
+            problems.append(f"{name} at heads {heads}" + (f" and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    problems += [f"loss {name} = {value}" for name, value in losses.items()
+                 if value is not None and not math.isfinite(value)]
+    if problems:
+        raise ValueError(f"Non-finite scores (NaN or inf) in {what}: {'; '.join(problems)}. Nothing was written. "
+                         "Check the model's weights for NaN/inf and its dtype (float16 can overflow: try "
+                         "--dtype float32).")
+
+
+def check_report_finite(report: HeadScoreReport) -> None:
+    scores = report.scores
+    check_finite(scores.scores, {"first_repeat": scores.loss_first_repeat, "second_repeat": scores.loss_second_repeat},
+                 f"the report of {report.model_id} on {report.source}")
+
+
 # ----- writing -----------------------------------------------------------------------------------
-def write_atomic(path: str | Path, content: str | bytes) -> Path:
-    """Write to a temp file beside `path`, then rename over it: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def to_csv(report: HeadScoreReport) -> str:
     """Tidy table: one row per layer x head x score type, columns layer, head, score_type, value."""
     buffer = io.StringIO()
@@ -126,7 +172,7 @@ def to_csv(report: HeadScoreReport) -> str:
 
 
 def to_json(report: HeadScoreReport) -> str:
-    return json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n"
+    return json.dumps(report.to_dict(), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
 
 def _describe(report: HeadScoreReport) -> str:
@@ -193,7 +239,8 @@ def to_html(report: HeadScoreReport, top_k: int = 5) -> str:
         patterns = {label: torch.tensor(values) for label, values in report.example["patterns"].items()}
         view = viz.AttentionView(report.example["str_tokens"], patterns, title="Attention patterns of the top heads")
         parts.append(f"<h2>Attention patterns</h2><p>{escape(report.example.get('caption', ''))}</p>{view.html()}")
-    metadata = json.dumps({k: v for k, v in report.to_dict().items() if k not in ("scores",)}, indent=1, sort_keys=True)
+    metadata = json.dumps({k: v for k, v in report.to_dict().items() if k not in ("scores",)}, indent=1, sort_keys=True,
+                          allow_nan=False)
     parts.append(f"<details><summary>Provenance (report.json without scores)</summary><pre>{escape(metadata)}</pre></details>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
              ".maps{display:flex;flex-wrap:wrap;gap:2em}.map img{max-width:420px}"
@@ -203,11 +250,31 @@ def to_html(report: HeadScoreReport, top_k: int = 5) -> str:
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
-def write_report(report: HeadScoreReport, out_dir: str | Path, formats: tuple[str, ...] = FORMATS,
-                 top_k: int = 5) -> dict[str, Path]:
-    """Write the chosen formats into `out_dir` (atomically); returns format -> path."""
+def check_formats(formats: tuple[str, ...]) -> None:
     unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ValueError(f"Unknown report formats {unknown}; choose from {','.join(FORMATS)}.")
+    if unknown or not formats:
+        raise ValueError(f"Unknown report formats {unknown}; --format takes a comma-separated list of "
+                         f"{','.join(FORMATS)}.")
+
+
+def write_report(report: HeadScoreReport, out_dir: str | Path, formats: tuple[str, ...] = FORMATS,
+                 top_k: int = 5, run_id: str | None = None) -> dict[str, Path]:
+    """Write the chosen formats into `out_dir` as one set (see the module docstring); returns format -> path.
+
+    run_id: the identity of the batch run that made the report, recorded in `report.complete.json`.
+    """
+    check_formats(formats)
+    check_report_finite(report)
     render = {"csv": to_csv, "json": to_json, "md": lambda r: to_markdown(r, top_k), "html": lambda r: to_html(r, top_k)}
-    return {fmt: write_atomic(Path(out_dir) / FILE_NAMES[fmt], render[fmt](report)) for fmt in formats}
+    contents = {FILE_NAMES[fmt]: render[fmt](report) for fmt in dict.fromkeys(formats)}
+    paths = files.write_file_set(out_dir, contents, COMPLETE_NAME, {"run_id": run_id})
+    return {fmt: paths[FILE_NAMES[fmt]] for fmt in formats}
+
+
+def complete_report(folder: str | Path, formats: tuple[str, ...], run_id: str) -> bool:
+    """Whether `folder` holds a complete report set of exactly `formats`, written by the run `run_id`."""
+    try:
+        record = files.verify_file_set(folder, COMPLETE_NAME, READ_FIX)
+    except files.IncompleteFileSet:
+        return False
+    return record.get("run_id") == run_id and set(record["files"]) == {FILE_NAMES[fmt] for fmt in formats}

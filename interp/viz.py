@@ -8,13 +8,12 @@ from the network, and work in Jupyter (`_repr_html_`) and as standalone pages (`
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
 import math
 import os
-import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.files import write_atomic
 from interp.tokens import check_tokens
 
 if TYPE_CHECKING:
@@ -217,14 +217,19 @@ class AttentionView:
         return _script_safe(f'{{"tokens": {tokens}, "names": {names}, "patterns": [{patterns}]}}')
 
     def html(self) -> str:
-        """A self-contained HTML fragment (`<div>` with inline style and script); fresh ids per call."""
-        element_id = f"interp-attention-{uuid.uuid4().hex[:12]}"
+        """A self-contained HTML fragment (`<div>` with inline style and script).
+
+        Its element ids are a hash of the content (title, tokens, patterns): identical views render to
+        identical bytes, so reports are reproducible; different views get different ids.
+        """
+        data = self.data_json()
+        element_id = "interp-attention-" + hashlib.sha256(f"{self.title}\0{data}".encode("utf-8")).hexdigest()[:12]
         options = "".join(f'<option value="{index}">{html.escape(name)}</option>'
                           for index, name in enumerate(self.patterns))
         gradient = ", ".join(PALETTE)
         title = f'<div class="iav-title">{html.escape(self.title)}</div>' if self.title else ""
         script = (_SCRIPT.replace("__ID__", element_id).replace("__PALETTE__", json.dumps(PALETTE))
-                  .replace("__DATA__", self.data_json()))
+                  .replace("__DATA__", data))
         return (f'<div id="{element_id}" class="interp-attention-view"><style>{_STYLE}</style>{title}'
                 f'<div class="iav-controls"><label>head <select id="{element_id}-select">{options}</select>'
                 f'</label> <span class="iav-scale">0 <span class="iav-bar" style="background:'
@@ -239,21 +244,11 @@ class AttentionView:
         return self.html()
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a standalone HTML page to `path` atomically (temp file + os.replace); return the path."""
-        path = Path(path)
+        """Write a standalone HTML page to `path` atomically (`interp.files.write_atomic`); return the path."""
         page = (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
                 f'<title>{html.escape(self.title or "Attention patterns")}</title></head>\n'
                 f'<body>\n{self.html()}\n</body>\n</html>\n')
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes 0o600
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                file.write(page)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomic(path, page)
 
     def __repr__(self) -> str:
         return f"AttentionView({len(self.str_tokens)} tokens, heads {list(self.patterns)})"

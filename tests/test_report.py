@@ -92,7 +92,9 @@ def test_resume_refuses_a_different_run(tiny_model_dir, tmp_path):
     batch.run(job(tiny_model_dir, tmp_path))
     with pytest.raises(ValueError, match="different run.*protocol"):
         batch.run(job(tiny_model_dir, tmp_path, seed=1, resume=True))
-    (fresh,) = batch.run(job(tiny_model_dir, tmp_path, seed=1))  # without --resume it starts over
+    with pytest.raises(ValueError, match="different run.*--overwrite"):
+        batch.run(job(tiny_model_dir, tmp_path, seed=1))  # without --resume it is refused too...
+    (fresh,) = batch.run(job(tiny_model_dir, tmp_path, seed=1, overwrite=True))  # ...unless --overwrite
     assert fresh.report.protocol["seed"] == 1
 
 
