@@ -231,7 +231,9 @@ def _finish(cfg: Config, hf_state: dict[str, Tensor], tokenizer: Any, device: An
 
 def check_finite(name: str, tensor: Tensor, original: Tensor, source: str) -> None:
     """Refuse a weight holding NaN or inf (a damaged checkpoint, or an overflow when converting dtype)."""
-    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+    # In chunks, so the check's temporary is 16 M bools however large the tensor (this reads every page once).
+    if not tensor.is_floating_point() or all(bool(torch.isfinite(chunk).all())
+                                             for chunk in tensor.reshape(-1).split(1 << 24)):
         return
     n_nan, n_inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
     overflowed = original.dtype != tensor.dtype and bool(torch.isfinite(original).all())
