@@ -150,7 +150,8 @@ def accumulated_resid(cache: ActivationCache, layer: int | None = None, incl_mid
     sqrt(mean(centred²) + eps), then ln_final's w and b are applied (unless LN is folded into W_U).
     """
     if apply_ln:
-        _refuse_gradients(cache, "accumulated_resid(apply_ln=True)", "use apply_ln=False: the gradient at each residual stream")
+        _refuse_gradients(cache, "accumulated_resid(apply_ln=True)",
+                          "use apply_ln=False: the gradient at each residual stream")
     model, n_layers = cache.model, cache.model.cfg.n_layers
     layer = _check_layer(model, layer, allow_final=True)
     kinds = ("pre", "mid") if incl_mid else ("pre",)
