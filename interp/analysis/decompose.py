@@ -37,57 +37,24 @@ Stacks remember theirs, and `apply_ln_to_stack` / `logit_attrs` slice the LN sca
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.analysis.stack import ComponentStack, PosSlice
 from interp.components import layer_norm_scale
 
 if TYPE_CHECKING:
     from interp.cache import ActivationCache
     from interp.model import HookedTransformer
 
-PosSlice = Union[int, slice, None]
 Tokens = Union[int, str, list, Int[Tensor, "..."]]
 Piece = tuple[list[str], Callable[[], Tensor]]  # labels, and how to compute their [k, *batch_and_pos, d_model]
 MODES = ("all", "attn", "mlp")
-
-
-@dataclass(frozen=True, eq=False)
-class ComponentStack:
-    """Residual-stream components stacked on a leading axis, one label each."""
-
-    components: Float[Tensor, "component *batch_and_pos d_model"]
-    labels: list[str]
-    pos_slice: PosSlice = None  # the positions the components cover (so LN scales can be sliced alike)
-
-    def __post_init__(self) -> None:
-        if len(self.labels) != self.components.shape[0]:
-            raise ValueError(f"{len(self.labels)} labels for {self.components.shape[0]} components; give one label each.")
-
-    def sum(self) -> Float[Tensor, "*batch_and_pos d_model"]:
-        """The sum over components (the residual stream they decompose)."""
-        return self.components.sum(0)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, label: str) -> Float[Tensor, "*batch_and_pos d_model"]:
-        if label not in self.labels:
-            close = difflib.get_close_matches(label, self.labels, n=3)
-            raise KeyError(f"No component {label!r}. " + (f"Did you mean {close}?" if close else "See .labels."))
-        return self.components[self.labels.index(label)]
-
-    def to(self, *args: Any, **kwargs: Any) -> ComponentStack:
-        """The stack with `components.to(*args, **kwargs)` (device and/or dtype)."""
-        return dataclasses.replace(self, components=self.components.to(*args, **kwargs))
 
 
 # ----- helpers ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.display import block_html, format_number, head_table_html, plural, text_table_html
 from interp.model import HookedTransformer
 
 SCORE_TYPES = ("induction", "previous_token", "duplicate_token")
@@ -44,10 +45,46 @@ class HeadScores:
         return self.scores[score_type]
 
     def top_heads(self, score_type: str, k: int = 5) -> list[tuple[int, int, float]]:
-        """The k highest-scoring heads as (layer, head, score), best first."""
+        """The k highest-scoring heads as (layer, head, score), best first.
+
+        Empty when no query was scored for `score_type` (`n_queries[score_type] == 0`, e.g. text with
+        no repeated token): its table is then all zeros, which ranks nothing, so no head is returned.
+        """
         table = self[score_type]
+        if self.n_queries.get(score_type) == 0:
+            return []
         values, flat = table.flatten().topk(min(k, table.numel()))
         return [(int(i) // table.shape[1], int(i) % table.shape[1], float(v)) for v, i in zip(values, flat)]
+
+    def _summary(self) -> str:
+        layers, heads = next(iter(self.scores.values())).shape if self.scores else (0, 0)
+        kind, n = self.protocol.get("kind"), self.protocol.get("n_sequences", 0)
+        source = {"repeated_random_tokens": f"{plural(n, 'sequence')} of repeated random tokens",
+                  "text": f"{plural(n, 'text sequence')}"}.get(kind, "protocol not recorded")
+        return f"{plural(layers, 'layer')} x {plural(heads, 'head')}; {source}"
+
+    def _score_line(self, score_type: str, k: int = 3) -> str:
+        n = self.n_queries.get(score_type)
+        if n == 0:
+            return "n/a (0 queries)"
+        top = ", ".join(f"L{layer}H{head} {format_number(value)}" for layer, head, value in self.top_heads(score_type, k))
+        return top + ("" if n is None else f" ({plural(n, 'query')})")
+
+    def _loss_lines(self) -> list[str]:
+        if self.loss_first_repeat is None or self.loss_second_repeat is None:
+            return []
+        return [f"loss: first copy {format_number(self.loss_first_repeat)}, second copy {format_number(self.loss_second_repeat)}"]
+
+    def __repr__(self) -> str:
+        lines = [f"{name}: {self._score_line(name)}" for name in self.scores] + self._loss_lines()
+        return f"HeadScores({self._summary()}" + "".join(f"\n  {line}" for line in lines) + ")"
+
+    def _repr_html_(self) -> str:
+        """Top heads per score type, and each `[layer, head]` table coloured from 0 (white) to 1."""
+        parts = [text_table_html(["score", "top heads"], [(name, self._score_line(name, 5)) for name in self.scores])]
+        parts += [head_table_html(table, name, signed=False, vmax=1.0) for name, table in self.scores.items()
+                  if self.n_queries.get(name) != 0]
+        return block_html("; ".join([f"HeadScores: {self._summary()}", *self._loss_lines()]), *parts)
 
 
 @dataclass

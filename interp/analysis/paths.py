@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.analysis.decompose import token_ids
+from interp.display import block_html, format_number, head_table_html, plural, table_html
 from interp.model import HookedTransformer, ModelInput
 
 
@@ -57,6 +58,44 @@ class PathAttribution:
             n_heads = path.count("->") - 1
             sums[n_heads] = sums.get(n_heads, 0.0) + value
         return sums
+
+    def through_one_head(self) -> Float[Tensor, "layer head"]:
+        """Summed contribution of the paths `source -> L{l}H{h} -> logits` per head (0 where none)."""
+        sums: dict[tuple[int, int], float] = {}
+        for path, value in zip(self.paths, self.values.tolist()):
+            route = path.split(" -> ")
+            if len(route) == 3:
+                layer, head = (int(n) for n in route[1][1:].split("H"))
+                sums[layer, head] = sums.get((layer, head), 0.0) + value
+        n_layers = max((layer for layer, _ in sums), default=-1) + 1
+        table = torch.zeros(n_layers, max((head for _, head in sums), default=-1) + 1)
+        for (layer, head), value in sums.items():
+            table[layer, head] = value
+        return table
+
+    def _lines(self, k: int) -> list[str]:
+        lengths = ", ".join(f"{plural(n, 'head') if n else 'direct'} {format_number(v)}"
+                            for n, v in sorted(self.by_length().items()))
+        top = ", ".join(f"{path} {format_number(value, sign=True)}" for path, value in self.top(k))
+        return [f"target {format_number(self.target)} = {plural(len(self.paths), 'path')} "
+                f"({format_number(float(self.values.sum()))}) + unembed bias {format_number(self.unembed_bias)} "
+                f"+ residual (>= 3 heads) {format_number(self.residual)}",
+                f"by heads on the path: {lengths}", f"largest |contribution|: {top}"]
+
+    def __repr__(self) -> str:
+        first, *rest = self._lines(3)
+        return f"PathAttribution({first}" + "".join(f"\n  {line}" for line in rest) + ")"
+
+    def _repr_html_(self) -> str:
+        """The largest paths on a diverging scale, and the single-head paths summed per `[layer, head]`."""
+        top = self.top(10)
+        parts = [table_html([[value] for _, value in top], [path for path, _ in top], ["contribution"],
+                            "largest |contribution|", signed=True)]
+        per_head = self.through_one_head()
+        if per_head.numel():
+            parts.append(head_table_html(per_head, "paths through one head (source -> head -> logits), summed", True))
+        first, lengths, _ = self._lines(0)
+        return block_html(f"PathAttribution: {first}; {lengths}", *parts)
 
     def to_markdown(self, k: int = 20) -> str:
         rows = [f"| {path} | {value:+.4f} |" for path, value in self.top(k)]
