@@ -44,7 +44,8 @@ from interp.analysis.heads import (
 from interp.model import HookedTransformer
 from interp.prompts import read_prompts, tokenize_prompts  # noqa: F401  (read_prompts: public here too)
 from interp.report import (COMPLETE_NAME, FILE_NAMES, HeadScoreReport, check_finite, check_formats, complete_report,
-                           example_patterns, package_versions, weights_sha256, write_report)
+                           example_patterns, listed_heads, none_listed, package_versions, weights_sha256,
+                           write_report)
 
 DEFAULT_MODEL = "interp-toy"
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -389,7 +390,9 @@ def terminal_summary(outcomes: list[Outcome], top_k: int) -> str:
         if scores.loss_first_repeat is not None:
             lines.append(f"  loss first copy {scores.loss_first_repeat:.3f} -> second copy {scores.loss_second_repeat:.3f}")
         for name in scores.scores:
-            top = "  ".join(f"L{layer}H{head} {value:.2f}" for layer, head, value in scores.top_heads(name, top_k))
+            listed = listed_heads(scores, name, top_k)
+            top = ("n/a (0 queries)" if scores.n_queries.get(name) == 0 else
+                   "  ".join(f"L{layer}H{head} {value:.2f}" for layer, head, value in listed) or none_listed(scores, name))
             lines.append(f"  {name:<16} {top}")
         if "html" in outcome.files:
             lines.append(f"  report: {outcome.files['html']}")

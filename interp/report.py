@@ -12,6 +12,15 @@ written, and JSON is written with `allow_nan=False`.
 The JSON holds everything needed to compare a rerun bit for bit: schema version, model id and weights
 hash, config, processing, dtype, device, prompts hash, protocol and seed, package versions. It holds no
 timestamps, so identical runs give identical files.
+
+What the pages show: a head is listed as a "top" head of a score type only when its score is at least
+TOP_SCORE (the mean attention on the target key: 0.3 is above uniform attention on all but the shortest
+sequences, e.g. 0.13 for previous-token on BOS + 2 x 10 random tokens); a score type with no scored
+query is shown as "n/a (0 queries)" and ranks nothing. `report.html` embeds the example sequence's
+attention patterns of every head when they fit the view's bound (`interp.viz_attention.MAX_VIEW_CELLS`),
+else those of the listed heads, on at most MAX_EXAMPLE_TOKENS tokens: the page stays under about
+7.5 MB whatever the model (9 heads at 1,024 tokens: about 6.5 MB; the 2-layer bundled model at 21
+tokens: under 0.1 MB).
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ from torch import Tensor
 
 from interp import files
 from interp.analysis.heads import HeadScores
+from interp.display import format_number, plural
 from interp.files import write_atomic  # noqa: F401  (re-exported: the package's one atomic writer)
 from interp.model import HookedTransformer
+from interp.viz_attention import MAX_VIEW_CELLS
 
 SCHEMA_VERSION = 1
 FORMATS = ("csv", "json", "md", "html")
@@ -43,6 +54,8 @@ FILE_NAMES = {"csv": "scores.csv", "json": "report.json", "md": "summary.md", "h
 COMPLETE_NAME = "report.complete.json"  # written last by write_report: the set is complete
 READ_FIX = ("rerun the run that wrote it with --resume (or call write_report again) to rewrite the whole set, "
             "and copy report.complete.json along with the report files")
+TOP_SCORE = 0.3  # a head is listed as a top head of a score type from this score up (see the module docstring)
+MAX_EXAMPLE_TOKENS = 1024  # the example view shows at most this many tokens of its sequence
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,9 @@ class HeadScoreReport:
     prompts_sha256: str | None
     scores: HeadScores
     versions: dict[str, str]
-    example: dict[str, Any] | None = None  # {"str_tokens": [...], "patterns": {label: [[...]]}} for the HTML view
+    # For the HTML view: {"str_tokens": [...], "patterns": {label: [query_pos, key_pos] tensor or nested lists},
+    # "caption", "shown": which heads, "selected": the label it opens on}; see `example_patterns`.
+    example: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,21 +130,60 @@ def package_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-# ----- the example view --------------------------------------------------------------------------
+# ----- which heads are shown ----------------------------------------------------------------------
+def measured(scores: HeadScores, score_type: str) -> bool:
+    """Whether any query was scored for `score_type` (else its table is all zeros and means nothing)."""
+    return scores.n_queries.get(score_type) != 0
+
+
+def listed_heads(scores: HeadScores, score_type: str, k: int) -> list[tuple[int, int, float]]:
+    """The top heads of `score_type` as (layer, head, score), best first: at most k, each scoring >= TOP_SCORE."""
+    if not measured(scores, score_type):
+        return []
+    return [(layer, head, value) for layer, head, value in scores.top_heads(score_type, k) if value >= TOP_SCORE]
+
+
+def strongest_head(scores: HeadScores) -> tuple[int, int] | None:
+    """The head with the highest score of any measured score type (None when nothing was measured)."""
+    best = [(value, -layer, -head) for name in scores.scores if measured(scores, name)
+            for layer, head, value in scores.top_heads(name, 1)]
+    if not best:
+        return None
+    _, layer, head = max(best)
+    return -layer, -head
+
+
 def example_patterns(model: HookedTransformer, tokens: Int[Tensor, "pos"], scores: HeadScores, top_k: int,
                      caption: str) -> dict[str, Any]:
-    """`HeadScoreReport.example`: patterns of the top heads of every score type on one sequence, for the HTML view."""
-    heads: dict[tuple[int, int], list[str]] = {}
+    """`HeadScoreReport.example`: one sequence's attention patterns for the HTML view.
+
+    Every head when all fit MAX_VIEW_CELLS, else the strongest head and the listed heads (`listed_heads`)
+    that fit; on the first MAX_EXAMPLE_TOKENS tokens. Labels carry the listed scores ("L1H3 induction 0.96");
+    the view opens on the strongest head.
+    """
+    tokens = tokens[:MAX_EXAMPLE_TOKENS]
+    n_layers, n_heads, positions = model.cfg.n_layers, model.cfg.n_heads, len(tokens)
+    labels: dict[tuple[int, int], list[str]] = {}
     for name in scores.scores:
-        for layer, head, value in scores.top_heads(name, min(top_k, 3)):
-            heads.setdefault((layer, head), []).append(f"{name} {value:.2f}")
+        for layer, head, value in listed_heads(scores, name, top_k):
+            labels.setdefault((layer, head), []).append(f"{name} {value:.2f}")
+    strongest = strongest_head(scores)
+    fits = MAX_VIEW_CELLS // (positions * (positions + 1) // 2)
+    if n_layers * n_heads <= fits:
+        heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+        shown = "every head"
+    else:
+        ranked = ([strongest] if strongest else []) + [h for h in labels if h != strongest]
+        heads = sorted(ranked[:max(1, fits)] or [(0, 0)])
+        shown = "the strongest and the listed heads" + ("" if len(ranked) <= fits else f" (the first {fits} that fit)")
     layers = sorted({layer for layer, _ in heads})
     _, cache = model.run_with_cache(tokens[None].to(model.W_E.device), return_type=None,
                                     names_filter=[f"blocks.{layer}.attn.hook_pattern" for layer in layers])
-    patterns = {f"L{layer}H{head} " + ", ".join(labels): cache["pattern", layer][0, head].float().cpu().tolist()
-                for (layer, head), labels in sorted(heads.items())}
+    names = {(layer, head): " ".join([f"L{layer}H{head}", *labels.get((layer, head), [])]) for layer, head in heads}
+    patterns = {names[(layer, head)]: cache["pattern", layer][0, head].float().cpu() for layer, head in heads}
     str_tokens = model.to_str_tokens(tokens) if model.tokenizer is not None else [str(t) for t in tokens.tolist()]
-    return {"str_tokens": str_tokens, "patterns": patterns, "caption": caption}
+    return {"str_tokens": str_tokens, "patterns": patterns, "caption": caption, "shown": shown,
+            "selected": names.get(strongest) if strongest else None}
 
 
 # ----- checks ------------------------------------------------------------------------------------
@@ -178,44 +232,72 @@ def to_json(report: HeadScoreReport) -> str:
 def _describe(report: HeadScoreReport) -> str:
     p = report.protocol
     if p.get("kind") == "repeated_random_tokens":
-        return (f"{p['n_sequences']} sequences of {'BOS + ' if p['bos'] else ''}{p['length']} random tokens repeated "
-                f"twice (seed {p['seed']})")
-    return f"{p.get('n_sequences')} prompts, {p.get('n_tokens')} tokens" + \
-        (f" ({p['n_skipped']} lines skipped)" if p.get("n_skipped") else "")
+        return (f"{plural(p['n_sequences'], 'sequence')} of {'BOS + ' if p['bos'] else ''}"
+                f"{plural(p['length'], 'random token')} repeated twice (seed {p['seed']})")
+    n_prompts, n_tokens = p.get("n_sequences") or 0, p.get("n_tokens") or 0
+    skipped = p.get("n_skipped")
+    return f"{plural(n_prompts, 'prompt')}, {plural(n_tokens, 'token')}" + \
+        (f" ({plural(skipped, 'line')} skipped)" if skipped else "")
 
 
-def _loss_line(scores: HeadScores) -> str | None:
-    if scores.loss_first_repeat is None:
+def _loss_line(report: HeadScoreReport) -> str | None:
+    scores = report.scores
+    if scores.loss_first_repeat is None or scores.loss_second_repeat is None:
         return None
-    return (f"Next-token loss on the first copy {scores.loss_first_repeat:.3f}, on the second copy "
-            f"{scores.loss_second_repeat:.3f} (gap {scores.loss_first_repeat - scores.loss_second_repeat:.3f}).")
+    n = report.protocol.get("n_sequences")
+    over = f" (mean over {plural(n, 'sequence')})" if n else ""
+    return (f"Next-token loss on the first copy {format_number(scores.loss_first_repeat)}, on the second copy "
+            f"{format_number(scores.loss_second_repeat)}{over}; gap "
+            f"{format_number(scores.loss_first_repeat - scores.loss_second_repeat)}.")
+
+
+def _unmeasured(name: str) -> str:
+    return (f"No query position could be scored for {name.replace('_', '-')} (e.g. no prompt repeats a token), "
+            "so it is not measured and no head is ranked.")
+
+
+def none_listed(scores: HeadScores, name: str) -> str:
+    best = scores.top_heads(name, 1)
+    highest = f"; the highest is L{best[0][0]}H{best[0][1]} at {best[0][2]:.3f}" if best else ""
+    return f"No head scores {TOP_SCORE} or more{highest}."
 
 
 def to_markdown(report: HeadScoreReport, top_k: int = 5) -> str:
     lines = [f"# Head scores: {report.model_id}", "",
              f"{_describe(report)}; dtype {report.dtype}, device {report.device}.", ""]
-    loss = _loss_line(report.scores)
+    loss = _loss_line(report)
     if loss:
         lines += [loss, ""]
-    for name in report.scores.scores:
-        lines += [f"## Top {name.replace('_', '-')} heads", "", "| rank | head | score |", "|---|---|---|"]
-        lines += [f"| {rank} | L{layer}H{head} | {value:.3f} |"
-                  for rank, (layer, head, value) in enumerate(report.scores.top_heads(name, top_k), 1)]
+    scores = report.scores
+    for name in scores.scores:
+        lines += [f"## Top {name.replace('_', '-')} heads (score ≥ {TOP_SCORE})", ""]
+        listed = listed_heads(scores, name, top_k)
+        if not measured(scores, name):
+            lines.append(f"n/a (0 queries). {_unmeasured(name)}")
+        elif not listed:
+            lines.append(none_listed(scores, name))
+        else:
+            lines += ["| rank | head | score |", "|---|---|---|"]
+            lines += [f"| {rank} | L{layer}H{head} | {value:.3f} |" for rank, (layer, head, value) in enumerate(listed, 1)]
         lines.append("")
-    lines += [f"Scores: mean attention on the target key per scored query (1 = always, ~1/pos = uniform). "
-              f"Weights sha256 `{report.weights_sha256[:16]}…`; interp {report.versions.get('interp')}.", ""]
+    lines += [f"Scores: mean attention on the target key per scored query (1 = always, ~1/pos = uniform); heads are "
+              f"listed from {TOP_SCORE}. Weights sha256 `{report.weights_sha256[:16]}…`; interp "
+              f"{report.versions.get('interp')}.", ""]
     return "\n".join(lines)
 
 
-def _heatmap(table: torch.Tensor, title: str) -> str:
+def _heatmap(table: torch.Tensor, name: str, outline: list[tuple[int, int]]) -> str:
     from interp import viz
 
+    title = name.replace("_", "-")
     try:
-        png = viz.score_heatmap_png(table, title)
+        png = viz.score_heatmap_png(table, title, label=f"{title} score", signed=False, vmax=1.0, outline=outline)
     except ImportError:
-        return viz.score_heatmap_html(table, title)
+        return viz.score_heatmap_html(table, title, signed=False, vmax=1.0)
+    width, height = viz.png_css_size(png)
     encoded = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">'
+    return (f'<img alt="{html.escape(title)} scores, layers by heads" width="{width}" height="{height}" '
+            f'src="data:image/png;base64,{encoded}">')
 
 
 def to_html(report: HeadScoreReport, top_k: int = 5) -> str:
@@ -223,30 +305,49 @@ def to_html(report: HeadScoreReport, top_k: int = 5) -> str:
     from interp import viz
 
     escape = html.escape
+    scores = report.scores
     parts = [f"<h1>Head scores: {escape(report.model_id)}</h1>",
              f"<p>{escape(_describe(report))}; dtype {escape(report.dtype)}, device {escape(report.device)}.</p>"]
-    loss = _loss_line(report.scores)
+    loss = _loss_line(report)
     if loss:
         parts.append(f"<p><b>Induction loss gap.</b> {escape(loss)}</p>")
+    parts.append(f"<p>Each map: mean attention on the target key per scored query (0 to 1). Outlined, and listed "
+                 f"below each map: the top heads, those scoring {TOP_SCORE} or more.</p>")
     parts.append('<div class="maps">')
-    for name, table in report.scores.scores.items():
-        top = "".join(f"<tr><td>L{layer}H{head}</td><td>{value:.3f}</td></tr>"
-                      for layer, head, value in report.scores.top_heads(name, top_k))
-        parts.append(f'<div class="map"><h2>{escape(name.replace("_", "-"))}</h2>{_heatmap(table, name)}'
-                     f"<table><tr><th>head</th><th>score</th></tr>{top}</table></div>")
+    for name, table in scores.scores.items():
+        heading = f"<h2>{escape(name.replace('_', '-'))}</h2>"
+        if not measured(scores, name):
+            parts.append(f'<div class="map">{heading}<div class="na">n/a (0 queries)</div>'
+                         f"<p>{escape(_unmeasured(name))}</p></div>")
+            continue
+        listed = listed_heads(scores, name, top_k)
+        top = ("<table><tr><th>head</th><th>score</th></tr>" + "".join(
+            f"<tr><td>L{layer}H{head}</td><td>{value:.3f}</td></tr>" for layer, head, value in listed) + "</table>"
+            if listed else f"<p>{escape(none_listed(scores, name))}</p>")
+        outline = [(layer, head) for layer, head, _ in listed]
+        parts.append(f'<div class="map">{heading}{_heatmap(table, name, outline)}{top}</div>')
     parts.append("</div>")
     if report.example:
-        patterns = {label: torch.tensor(values) for label, values in report.example["patterns"].items()}
-        view = viz.AttentionView(report.example["str_tokens"], patterns, title="Attention patterns of the top heads")
-        parts.append(f"<h2>Attention patterns</h2><p>{escape(report.example.get('caption', ''))}</p>{view.html()}")
+        example = report.example
+        patterns = {label: torch.as_tensor(values) for label, values in example["patterns"].items()}
+        view = viz.AttentionView(example["str_tokens"], patterns, title=f"Attention patterns of {example.get('shown', 'the top heads')}",
+                                 selected=example.get("selected"))
+        parts.append(f"<h2>Attention patterns</h2><p>{escape(example.get('caption', ''))} The view opens on the "
+                     f"strongest head; the small pictures show every embedded head (hover to preview, click to "
+                     f"select).</p>{view.html()}")
     metadata = json.dumps({k: v for k, v in report.to_dict().items() if k not in ("scores",)}, indent=1, sort_keys=True,
                           allow_nan=False)
     parts.append(f"<details><summary>Provenance (report.json without scores)</summary><pre>{escape(metadata)}</pre></details>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-             ".maps{display:flex;flex-wrap:wrap;gap:2em}.map img{max-width:420px}"
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;"
+             "overflow-wrap:anywhere}"
+             ".maps{display:flex;flex-wrap:wrap;gap:1em 2em}.map{max-width:100%;overflow-x:auto}"
+             ".na{display:flex;align-items:center;justify-content:center;width:260px;height:120px;background:#f2f2f2;"
+             "color:#555;border:1px dashed #aaa;font-size:1.2em}.map p{max-width:420px}"
              "table{border-collapse:collapse;margin-top:.5em}td,th{border:1px solid #ccc;padding:2px 8px}"
-             "pre{background:#f6f6f6;padding:1em;overflow:auto}")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Head scores: {escape(report.model_id)}</title>"
+             "pre{background:#f6f6f6;padding:1em;overflow:auto;white-space:pre-wrap}")
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>Head scores: {escape(report.model_id)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
 

@@ -122,3 +122,94 @@ def test_read_prompts_reports_every_bad_line(tmp_path):
     prompts, problems = batch.read_prompts(jsonl)
     assert prompts == [(1, "a"), (2, "b"), (3, "c")]
     assert [n for n, _ in problems] == [4, 5]
+
+
+# ----- what the report pages show ----------------------------------------------------------------
+from interp import report as report_module  # noqa: E402
+from interp.analysis.heads import HeadScores  # noqa: E402
+from interp.report import TOP_SCORE, example_patterns, to_html, to_markdown  # noqa: E402
+
+REPEATED = {"kind": "repeated_random_tokens", "n_sequences": 8, "length": 10, "seed": 0, "bos": True}
+
+
+def make_report(tables, n_queries, protocol=REPEATED, example=None):
+    scores = HeadScores({name: torch.tensor(table) for name, table in tables.items()}, n_queries, protocol)
+    return HeadScoreReport(model_id="toy", weights_sha256="0" * 64, config={}, processing={}, dtype="float32",
+                           device="cpu", source="repeated", protocol=protocol, prompts_sha256=None, scores=scores,
+                           versions={"interp": "test"}, example=example)
+
+
+TABLES = {"induction": [[0.06, 0.05], [0.15, 0.96]], "previous_token": [[0.97, 0.19], [0.11, 0.05]],
+          "duplicate_token": [[0.0, 0.0], [0.0, 0.0]]}
+QUERIES = {"induction": 80, "previous_token": 160, "duplicate_token": 0}
+
+
+def section(markdown: str, name: str) -> str:
+    return markdown.split(f"## Top {name} heads")[1].split("##")[0]
+
+
+def test_unmeasured_scores_are_na_and_unranked():
+    report = make_report(TABLES, QUERIES)
+    duplicate = section(to_markdown(report), "duplicate-token")
+    assert "n/a (0 queries)" in duplicate and "| 1 |" not in duplicate and "L0H0" not in duplicate
+    page = to_html(report)
+    assert page.count("n/a (0 queries)") == 1
+    assert page.count("scores, layers by heads") == 2  # heatmaps of the two measured score types only
+
+
+def test_only_heads_above_the_threshold_are_listed():
+    markdown = to_markdown(make_report(TABLES, QUERIES))
+    assert TOP_SCORE == 0.3 and "(score ≥ 0.3)" in markdown
+    induction = section(markdown, "induction")
+    assert "| 1 | L1H1 | 0.960 |" in induction and "L1H0" not in induction  # 0.15 is below the threshold
+    weak = make_report({"induction": [[0.06, 0.1]]}, {"induction": 5})
+    assert "No head scores 0.3 or more; the highest is L0H1 at 0.100." in to_markdown(weak)
+    assert "No head scores 0.3 or more" in to_html(weak)
+
+
+def test_counts_agree_with_their_nouns():
+    one = make_report(TABLES, QUERIES, {"kind": "text", "n_sequences": 1, "n_tokens": 1, "n_skipped": 1})
+    assert "1 prompt, 1 token (1 line skipped)" in to_markdown(one)
+    many = make_report(TABLES, QUERIES, {"kind": "text", "n_sequences": 3, "n_tokens": 40, "n_skipped": 2})
+    assert "3 prompts, 40 tokens (2 lines skipped)" in to_html(many)
+    repeated = make_report(TABLES, QUERIES, {**REPEATED, "n_sequences": 1, "length": 1})
+    assert "1 sequence of BOS + 1 random token repeated twice" in to_markdown(repeated)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from interp import HookedTransformer
+    from interp.testing import hf_config, random_hf_gpt2
+
+    config = hf_config(n_layer=2, n_head=2, n_embd=16, n_positions=64, vocab_size=101)
+    return HookedTransformer.from_pretrained(random_hf_gpt2(config, seed=0))
+
+
+def test_example_shows_every_head_and_opens_on_the_strongest(tiny_model):
+    scores = make_report(TABLES, QUERIES).scores
+    example = example_patterns(tiny_model, torch.arange(12), scores, 5, "caption")
+    assert list(example["patterns"]) == ["L0H0 previous_token 0.97", "L0H1", "L1H0", "L1H1 induction 0.96"]
+    assert example["selected"] == "L0H0 previous_token 0.97" and example["shown"] == "every head"
+    page = to_html(make_report(TABLES, QUERIES, example=example))
+    assert '<option value="0" selected>L0H0 previous_token 0.97</option>' in page
+
+
+def test_example_keeps_the_listed_heads_when_every_head_does_not_fit(tiny_model, monkeypatch):
+    monkeypatch.setattr(report_module, "MAX_VIEW_CELLS", 3 * 12 * 13 // 2)  # room for 3 of the 4 heads
+    scores = make_report(TABLES, QUERIES).scores
+    example = example_patterns(tiny_model, torch.arange(12), scores, 5, "caption")
+    assert list(example["patterns"]) == ["L0H0 previous_token 0.97", "L1H1 induction 0.96"]
+    assert example["shown"] == "the strongest and the listed heads"
+
+
+def test_report_html_is_bounded_at_1024_tokens():
+    """The report module docstring's bound: under 7.5 MB, here with 9 heads of 1,024 tokens and GPT-2 small maps."""
+    n = 1024
+    generator = torch.Generator().manual_seed(0)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    patterns = {f"L{i}H0": torch.randn(n, n, generator=generator).masked_fill(~causal, float("-inf")).softmax(-1)
+                for i in range(9)}
+    example = {"str_tokens": [f" t{i}" for i in range(n)], "patterns": patterns, "caption": "", "selected": "L3H0"}
+    tables = {name: torch.rand(12, 12, generator=generator).tolist() for name in ("induction", "previous_token")}
+    page = to_html(make_report(tables, {"induction": 100, "previous_token": 100}, example=example))
+    assert len(page.encode("utf-8")) < 7_500_000
