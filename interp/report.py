@@ -214,14 +214,18 @@ def check_report_finite(report: HeadScoreReport) -> None:
 
 # ----- writing -----------------------------------------------------------------------------------
 def to_csv(report: HeadScoreReport) -> str:
-    """Tidy table: one row per layer x head x score type, columns layer, head, score_type, value."""
+    """Tidy table: one row per layer x head x score type, columns layer, head, score_type, value.
+
+    A score type no query could measure (0 queries) has an empty value, which CSV readers take as missing.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["layer", "head", "score_type", "value"])
     for name, table in report.scores.scores.items():
+        measured = report.scores.n_queries.get(name) != 0
         for layer, row in enumerate(table.tolist()):
             for head, value in enumerate(row):
-                writer.writerow([layer, head, name, repr(float(value))])
+                writer.writerow([layer, head, name, repr(float(value)) if measured else ""])
     return buffer.getvalue()
 
 

@@ -127,7 +127,7 @@ def test_read_prompts_reports_every_bad_line(tmp_path):
 # ----- what the report pages show ----------------------------------------------------------------
 from interp import report as report_module  # noqa: E402
 from interp.analysis.heads import HeadScores  # noqa: E402
-from interp.report import TOP_SCORE, example_patterns, to_html, to_markdown  # noqa: E402
+from interp.report import TOP_SCORE, example_patterns, to_csv, to_html, to_markdown  # noqa: E402
 
 REPEATED = {"kind": "repeated_random_tokens", "n_sequences": 8, "length": 10, "seed": 0, "bos": True}
 
@@ -155,6 +155,10 @@ def test_unmeasured_scores_are_na_and_unranked():
     page = to_html(report)
     assert page.count("n/a (0 queries)") == 1
     assert page.count("scores, layers by heads") == 2  # heatmaps of the two measured score types only
+    rows = [line.split(",") for line in to_csv(report).splitlines()[1:]]
+    assert {value for _, _, name, value in rows if name == "duplicate_token"} == {""}  # missing, not 0.0
+    induction = sorted(float(value) for _, _, name, value in rows if name == "induction")
+    assert induction == pytest.approx([0.05, 0.06, 0.15, 0.96], abs=1e-7)  # float32 tables
 
 
 def test_only_heads_above_the_threshold_are_listed():
