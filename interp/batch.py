@@ -370,7 +370,7 @@ def run(job: HeadsJob, log: Callable[[str], None] = lambda message: print(messag
     prompts, line_problems = _checked_prompts(job, log)
     outcomes = []
     for model_id in job.models:
-        model = loading.load(model_id, device=job.device, dtype=job.dtype)
+        model = HookedTransformer.from_pretrained(model_id, device=job.device, dtype=job.dtype)
         weights_hash = weights_sha256(model)
         for source, sequences, digest, skipped in _sources(model, model_id, job, prompts, line_problems, log):
             outcomes.append(run_source(model, model_id, source, job, weights_hash, sequences, digest, skipped, stop_after))

@@ -29,7 +29,8 @@ from interp.names import act_name
 
 if TYPE_CHECKING:
     from interp.analysis.decompose import ComponentStack, PosSlice, Tokens
-    from interp.model import HookedTransformer
+
+Model = Any  # an interp.model.HookedTransformer; not imported, since the model imports this module
 
 Derivation = tuple[list[str], Callable[..., Tensor]]  # input hook names, and the function of their activations
 
@@ -39,7 +40,7 @@ class ActivationCache(Mapping[str, Tensor]):
 
     holds_gradients = False  # see GradientCache
 
-    def __init__(self, cache_dict: dict[str, Tensor], model: HookedTransformer, has_batch_dim: bool = True,
+    def __init__(self, cache_dict: dict[str, Tensor], model: Model, has_batch_dim: bool = True,
                  derived: dict[str, Derivation] | None = None, inputs: dict[str, Tensor] | None = None,
                  order: Iterable[str] | None = None, dtype: torch.dtype | None = None) -> None:
         self.cache_dict = cache_dict  # what has been computed
@@ -200,7 +201,7 @@ _ATTENTION = re.compile(r"blocks\.(\d+)\.attn\.hook_(attn_scores|pattern)$")
 _LAYER_NORM = re.compile(r"(?:blocks\.(\d+)\.(ln1|ln2)|ln_final)\.hook_(scale|normalized)$")
 
 
-def derivation(model: HookedTransformer, name: str, selected: Iterable[str]) -> Derivation | None:
+def derivation(model: Model, name: str, selected: Iterable[str]) -> Derivation | None:
     """(source hook names, function of their activations) that computes `name` after the run, or None
     when it must be captured (a hook on it or on what it depends on could change it)."""
     match = _ATTENTION.match(name)

@@ -13,9 +13,9 @@ import interp
 
 
 def info(args: argparse.Namespace) -> int:
-    from interp.loading import load
+    from interp.model import HookedTransformer
 
-    model = load(args.model, dtype=args.dtype)
+    model = HookedTransformer.from_pretrained(args.model, dtype=args.dtype)
     cfg = model.cfg
     n_params = sum(p.numel() for name, p in model.named_parameters() if not (name == "W_U" and cfg.tie_word_embeddings))
     print(f"model       {args.model}")

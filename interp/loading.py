@@ -1,8 +1,9 @@
-"""Loading GPT-2 weights into a `HookedTransformer`, from the hub, a directory, a file or memory.
+"""Loading GPT-2 weights, from the hub, a directory, a file or memory: config, state dict and tokenizer.
 
 Weights are read with safetensors (memory-mapped) or `torch.load(weights_only=True)`: no code is
-ever unpickled. The model is built on the meta device and the loaded tensors are assigned to it
-(reshaped as views), so a load holds one copy of the weights, not two.
+ever unpickled. Loading returns data and never imports the model (layers import only downward);
+`HookedTransformer.from_pretrained` builds the model on the meta device and assigns the loaded
+tensors to it (reshaped as views), so a load holds one copy of the weights, not two.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from interp.config import Config
 from interp.files import read_json
-from interp.model import HookedTransformer
 
 DATA_DIR = Path(__file__).parent / "data"
 BUNDLED_MODELS = {"interp-toy": DATA_DIR / "interp-toy"}
@@ -105,36 +105,33 @@ def convert_hf_state_dict(hf_state: dict[str, Tensor], cfg: Config) -> dict[str,
     return converted
 
 
-def build(cfg: Config, state: dict[str, Tensor], tokenizer: Any = None) -> HookedTransformer:
-    """A model whose parameters are the given tensors (assigned, not copied)."""
-    with torch.device("meta"):
-        model = HookedTransformer(cfg, tokenizer)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
+class Loaded(NamedTuple):
+    """What loading returns: data, never a model (`HookedTransformer.from_pretrained` builds one)."""
+
+    cfg: Config
+    state: dict[str, Tensor]  # interp names -> tensors (views of the checkpoint's, converted once)
+    tokenizer: Any
 
 
-def load(source: Any, *, tokenizer: Any = None, config: Any = None, device: Any = None,
-         dtype: torch.dtype | str | None = None, process: bool = False, fold_ln: bool | None = None,
-         center_writing_weights: bool | None = None, center_unembed: bool | None = None,
-         fold_value_biases: bool | None = None) -> HookedTransformer:
-    """Load a GPT-2-family model.
+def load_weights(source: Any, *, tokenizer: Any = None, config: Any = None, device: Any = None,
+                 dtype: torch.dtype | str | None = None) -> Loaded:
+    """Config, interp-named state dict and tokenizer of a GPT-2-family checkpoint.
 
     source: a bundled name ("interp-toy"), a hub id ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl",
     "distilgpt2" or "org/name"), a `save_pretrained` directory, a `.safetensors`/`.bin` file (its
     config from `config=` or a config.json beside it), or an in-memory `transformers` GPT-2 model
     (its weights are copied; the transformers model is left untouched).
     config: a `Config`, `transformers.GPT2Config`, dict or path to config.json. dtype: fp32/bf16/fp16.
-    process: apply all four steps of `interp.processing`; each flag (fold_ln, ...) overrides it.
-    The default is raw weights, so activations equal `transformers`' and loading copies nothing.
     """
-    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
-                 fold_value_biases=fold_value_biases)
-    steps = {step: process if flag is None else flag for step, flag in flags.items()}
-    model = _load_raw(source, tokenizer, config, device, _dtype(dtype))
-    return model.process_weights_(**steps) if any(steps.values()) else model
+    return _load_raw(source, tokenizer, config, device, _dtype(dtype))
 
 
-def _load_raw(source: Any, tokenizer: Any, config: Any, device: Any, dtype: torch.dtype | None) -> HookedTransformer:
+def processing_steps(process: bool, **flags: bool | None) -> dict[str, bool]:
+    """The processing steps to apply: `process` for each step, unless its own flag says otherwise."""
+    return {step: process if flag is None else flag for step, flag in flags.items()}
+
+
+def _load_raw(source: Any, tokenizer: Any, config: Any, device: Any, dtype: torch.dtype | None) -> Loaded:
     if hasattr(source, "state_dict") and hasattr(source, "config"):
         cfg = _config(config or source.config, getattr(source.config, "name_or_path", "") or "custom")
         hf_state = {name: tensor.detach().clone() for name, tensor in source.state_dict().items()}
@@ -221,12 +218,12 @@ def read_weights(path: Path) -> dict[str, Tensor]:
 
 
 def _finish(cfg: Config, hf_state: dict[str, Tensor], tokenizer: Any, device: Any, dtype: torch.dtype | None,
-            source: str) -> HookedTransformer:
+            source: str) -> Loaded:
     for name in list(hf_state):  # convert one tensor at a time, so two full copies never coexist
         original = hf_state[name]
         hf_state[name] = original.to(device=device, dtype=dtype or original.dtype)
         check_finite(name, hf_state[name], original, source)
-    return build(cfg, convert_hf_state_dict(hf_state, cfg), tokenizer)
+    return Loaded(cfg, convert_hf_state_dict(hf_state, cfg), tokenizer)
 
 
 def check_finite(name: str, tensor: Tensor, original: Tensor, source: str) -> None:

@@ -16,11 +16,13 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from interp import names as hook_names_table
+from interp import loading as loading_module
 from interp import processing as processing_module
 from interp import tokens as tokens_module
 from interp.cache import ActivationCache, derivation
 from interp.components import Block, LayerNorm, affine
 from interp.config import Config
+from interp.factored import FactoredMatrix
 from interp.hooks import HookFn, HookPoint, NamesFilter, attached, resolve_names, unknown_name_error
 
 ModelInput = Union[str, list[str], Tensor, list[int], list[list[int]]]
@@ -282,18 +284,19 @@ class HookedTransformer(nn.Module):
     b_out = property(lambda self: self._stack(lambda b: b.mlp.b_out), doc="[layer, d_model]")
 
     @property
-    def QK(self) -> Any:
-        """Every head's W_QK = W_Q W_Kᵀ as a `FactoredMatrix` `[layer, head, d_model, d_model]`."""
-        from interp.analysis.circuits import qk_circuit
-
-        return qk_circuit(self)
+    @torch.no_grad()
+    def QK(self) -> FactoredMatrix:
+        """Every head's W_QK = W_Q W_Kᵀ as a `FactoredMatrix` `[layer, head, d_model, d_model]` (rank <= d_head):
+        the bilinear form `x_query @ W_QK @ x_keyᵀ` that gives the attention score (before 1/sqrt(d_head)
+        and biases). `interp.analysis.circuits.qk_circuit` selects layers and heads of it."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-1, -2))
 
     @property
-    def OV(self) -> Any:
-        """Every head's W_OV = W_V W_O as a `FactoredMatrix` `[layer, head, d_model, d_model]`."""
-        from interp.analysis.circuits import ov_circuit
-
-        return ov_circuit(self)
+    @torch.no_grad()
+    def OV(self) -> FactoredMatrix:
+        """Every head's W_OV = W_V W_O as a `FactoredMatrix` `[layer, head, d_model, d_model]` (rank <= d_head):
+        what a head writes to the residual stream per unit of attention to a source vector `x` (`x @ W_OV`)."""
+        return FactoredMatrix(self.W_V, self.W_O)
 
     def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
                          center_unembed: bool = True, fold_value_biases: bool = True) -> HookedTransformer:
@@ -303,14 +306,29 @@ class HookedTransformer(nn.Module):
                                                   fold_value_biases)
 
     @classmethod
-    def from_pretrained(cls, name_or_model: Any, **kwargs: Any) -> HookedTransformer:
+    def from_pretrained(cls, name_or_model: Any, *, tokenizer: Any = None, config: Any = None, device: Any = None,
+                        dtype: torch.dtype | str | None = None, process: bool = False, fold_ln: bool | None = None,
+                        center_writing_weights: bool | None = None, center_unembed: bool | None = None,
+                        fold_value_biases: bool | None = None) -> HookedTransformer:
         """Load GPT-2 weights: a hub id, a local directory, a `.safetensors` file, a `transformers` model,
-        or a bundled model such as "interp-toy". Raw weights (equal to `transformers`) unless
-        `process=True` or one of `fold_ln=`, `center_writing_weights=`, `center_unembed=`,
-        `fold_value_biases=`. See `interp.loading.load` for the options."""
-        from interp.loading import load
+        or a bundled model such as "interp-toy" (see `interp.loading.load_weights` for sources, `config=`,
+        `dtype=`). Raw weights (equal to `transformers`) unless `process=True` (every step of
+        `interp.processing`) or one of `fold_ln=`, `center_writing_weights=`, `center_unembed=`,
+        `fold_value_biases=` (each overrides `process`). Builds an instance of `cls`."""
+        loaded = loading_module.load_weights(name_or_model, tokenizer=tokenizer, config=config, device=device,
+                                             dtype=dtype)
+        model = cls.from_state_dict(loaded.cfg, loaded.state, loaded.tokenizer)
+        steps = loading_module.processing_steps(process, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                                                center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        return model.process_weights_(**steps) if any(steps.values()) else model
 
-        return load(name_or_model, **kwargs)
+    @classmethod
+    def from_state_dict(cls, cfg: Config, state: dict[str, Tensor], tokenizer: Any = None) -> HookedTransformer:
+        """A model (in eval mode) whose parameters are the given interp-named tensors: assigned, not copied."""
+        with torch.device("meta"):
+            model = cls(cfg, tokenizer)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.eval()
 
     def __repr__(self) -> str:
         return f"HookedTransformer({self.cfg.model_name!r}, n_layers={self.cfg.n_layers}, " \

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import einops
 import torch
@@ -34,8 +34,7 @@ from torch import Tensor
 
 from interp.config import Config
 
-if TYPE_CHECKING:
-    from interp.model import HookedTransformer
+Model = Any  # an interp.model.HookedTransformer; not imported, since the model imports this module
 
 State = dict[str, Tensor]
 STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
@@ -121,8 +120,8 @@ def process_state_dict(state: State, cfg: Config, steps: list[str] | tuple[str, 
 
 
 @torch.no_grad()
-def process_weights_(model: HookedTransformer, fold_ln: bool = True, center_writing_weights: bool = True,
-                     center_unembed: bool = True, fold_value_biases: bool = True) -> HookedTransformer:
+def process_weights_(model: Model, fold_ln: bool = True, center_writing_weights: bool = True,
+                     center_unembed: bool = True, fold_value_biases: bool = True) -> Model:
     """Apply the chosen steps to `model` (in place: its parameters are replaced) and record them.
 
     Steps the model already carries are kept; a carried step that comes after a new one in the
@@ -147,7 +146,7 @@ def process_weights_(model: HookedTransformer, fold_ln: bool = True, center_writ
     return model
 
 
-def require_processing(model: HookedTransformer, *steps: str, purpose: str) -> None:
+def require_processing(model: Model, *steps: str, purpose: str) -> None:
     """Raise a ValueError naming how to get `steps` if `model` does not carry them."""
     missing = [step for step in steps if not model.processing.get(step)]
     if missing:

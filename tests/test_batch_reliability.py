@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from interp import batch, cli, files, loading, report
+from interp.model import HookedTransformer
 from interp.analysis.heads import SCORE_TYPES, HeadScores
 from interp.report import HeadScoreReport
 from interp.viz import AttentionView
@@ -61,7 +62,7 @@ def cli_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def toy():
-    return loading.load("interp-toy")
+    return HookedTransformer.from_pretrained("interp-toy")
 
 
 # ----- 1. a run folder is locked; units carry their run's identity ---------------------------------
@@ -243,7 +244,7 @@ def test_a_non_finite_loss_is_refused(tmp_path):
 
 
 def test_nan_weights_write_no_unit_and_no_report(tmp_path, monkeypatch):
-    real_load = loading.load
+    real_load = HookedTransformer.from_pretrained
 
     def load_with_nan_weights(*args, **kwargs):
         model = real_load(*args, **kwargs)
@@ -251,7 +252,7 @@ def test_nan_weights_write_no_unit_and_no_report(tmp_path, monkeypatch):
             model.blocks[0].attn.W_QKV.fill_(float("nan"))
         return model
 
-    monkeypatch.setattr(loading, "load", load_with_nan_weights)
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", load_with_nan_weights)
     with pytest.raises(ValueError, match="(?i)non-finite") as error:
         batch.run(toy_job(tmp_path))
     assert "dtype" in str(error.value)
@@ -407,7 +408,7 @@ def test_bad_options_fail_in_one_line_before_loading(capsys, tmp_path, monkeypat
     def no_load(*args, **kwargs):
         raise AssertionError("a model was loaded before the options were checked")
 
-    monkeypatch.setattr(loading, "load", no_load)
+    monkeypatch.setattr(loading, "load_weights", no_load)
     out = tmp_path / "out"
     arguments = ["heads", "--random-repeated", "4", "--length", "5", "--no-progress", "--out", str(out)]
     code = cli.main(arguments + options)

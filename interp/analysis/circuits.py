@@ -32,11 +32,11 @@ def check_head(model: HookedTransformer, layer: int | None = None, head: int | N
             raise IndexError(f"{what} {index!r} is out of range: the model has {size} {what}s (valid: 0..{size - 1}).")
 
 
-def _heads(weight: Tensor, layer: int | None, head: int | None) -> Tensor:
+def _heads_of(circuit: FactoredMatrix, layer: int | None, head: int | None) -> FactoredMatrix:
     """Select from a `[layer, head, ...]` stack: both None -> all; layer -> `[head, ...]`; both -> `[...]`."""
     if layer is None:
-        return weight if head is None else weight[:, head]
-    return weight[layer] if head is None else weight[layer, head]
+        return circuit if head is None else circuit[:, head]
+    return circuit[layer] if head is None else circuit[layer, head]
 
 
 @torch.no_grad()
@@ -44,7 +44,7 @@ def qk_circuit(model: HookedTransformer, layer: int | None = None, head: int | N
     """W_QK = W_Q W_Kᵀ `[layer, head, d_model, d_model]` (rank <= d_head): the bilinear form
     `x_query @ W_QK @ x_keyᵀ` that gives the attention score (before the 1/sqrt(d_head) and biases)."""
     check_head(model, layer, head)
-    return FactoredMatrix(_heads(model.W_Q, layer, head), _heads(model.W_K, layer, head).transpose(-1, -2))
+    return _heads_of(model.QK, layer, head)
 
 
 @torch.no_grad()
@@ -52,7 +52,7 @@ def ov_circuit(model: HookedTransformer, layer: int | None = None, head: int | N
     """W_OV = W_V W_O `[layer, head, d_model, d_model]` (rank <= d_head): what a head writes to the
     residual stream for each unit of attention to a source vector `x` (`x @ W_OV`)."""
     check_head(model, layer, head)
-    return FactoredMatrix(_heads(model.W_V, layer, head), _heads(model.W_O, layer, head))
+    return _heads_of(model.OV, layer, head)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ Stacks remember theirs, and `apply_ln_to_stack` / `logit_attrs` slice the LN sca
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Union
+from typing import Any, Union
 
 import einops
 import torch
@@ -48,9 +48,10 @@ from torch import Tensor
 from interp.analysis.stack import ComponentStack, PosSlice
 from interp.components import layer_norm_scale
 
-if TYPE_CHECKING:
-    from interp.cache import ActivationCache
-    from interp.model import HookedTransformer
+# The cache and the model are above this module (the cache's decompose_resid etc. delegate here), so they are
+# not imported: `cache` is an `interp.cache.ActivationCache`, `model` an `interp.model.HookedTransformer`.
+Cache = Any
+Model = Any
 
 Tokens = Union[int, str, list, Int[Tensor, "..."]]
 Piece = tuple[list[str], Callable[[], Tensor]]  # labels, and how to compute their [k, *batch_and_pos, d_model]
@@ -58,7 +59,7 @@ MODES = ("all", "attn", "mlp")
 
 
 # ----- helpers ---------------------------------------------------------------------------------
-def _check_layer(model: HookedTransformer, layer: int | None, allow_final: bool) -> int:
+def _check_layer(model: Model, layer: int | None, allow_final: bool) -> int:
     """The layer as an int (None -> n_layers); IndexError naming the valid range otherwise."""
     n_layers = model.cfg.n_layers
     top = n_layers if allow_final else n_layers - 1
@@ -71,7 +72,7 @@ def _check_layer(model: HookedTransformer, layer: int | None, allow_final: bool)
     return layer
 
 
-def _read(cache: ActivationCache, name: str, pos_slice: PosSlice) -> Tensor:
+def _read(cache: Cache, name: str, pos_slice: PosSlice) -> Tensor:
     """A cached activation with `pos_slice` applied to its pos axis; KeyError naming the missing hook."""
     if name not in cache:
         raise KeyError(f"{name!r} was not cached; include it in run_with_cache(names_filter=...) "
@@ -102,13 +103,13 @@ def _bias(bias: Float[Tensor, "d_model"], batch_and_pos: torch.Size,
     return bias.to(like).expand(*batch_and_pos, bias.shape[-1])[None]  # a view: no copy until stacked
 
 
-def _one(cache: ActivationCache, name: str, pos_slice: PosSlice) -> Callable[[], Tensor]:
+def _one(cache: Cache, name: str, pos_slice: PosSlice) -> Callable[[], Tensor]:
     return lambda: _read(cache, name, pos_slice)[None]
 
 
 # ----- residual streams ------------------------------------------------------------------------
 @torch.no_grad()
-def accumulated_resid(cache: ActivationCache, layer: int | None = None, incl_mid: bool = False,
+def accumulated_resid(cache: Cache, layer: int | None = None, incl_mid: bool = False,
                       apply_ln: bool = False, pos_slice: PosSlice = None) -> ComponentStack:
     """The residual stream before each block 0..layer: "0_pre", ("0_mid",) "1_pre", ..., "final_post".
 
@@ -135,7 +136,7 @@ def accumulated_resid(cache: ActivationCache, layer: int | None = None, incl_mid
 
 
 @torch.no_grad()
-def logit_lens(cache: ActivationCache, layer: int | None = None, incl_mid: bool = False,
+def logit_lens(cache: Cache, layer: int | None = None, incl_mid: bool = False,
                pos_slice: PosSlice = None) -> Float[Tensor, "component *batch_and_pos d_vocab"]:
     """Logits read off each partial residual stream: `accumulated_resid(apply_ln=True) @ W_U + b_U`.
 
@@ -147,7 +148,7 @@ def logit_lens(cache: ActivationCache, layer: int | None = None, incl_mid: bool 
 
 
 @torch.no_grad()
-def decompose_resid(cache: ActivationCache, layer: int | None = None, mode: str = "all",
+def decompose_resid(cache: Cache, layer: int | None = None, mode: str = "all",
                     incl_embeds: bool = True, pos_slice: PosSlice = None) -> ComponentStack:
     """The residual stream at `layer` as "embed", "pos_embed", "{l}_attn_out", "{l}_mlp_out" (l < layer).
 
@@ -167,7 +168,7 @@ def decompose_resid(cache: ActivationCache, layer: int | None = None, mode: str 
 
 
 @torch.no_grad()
-def stack_head_results(cache: ActivationCache, layer: int | None = None, pos_slice: PosSlice = None,
+def stack_head_results(cache: Cache, layer: int | None = None, pos_slice: PosSlice = None,
                        incl_bias: bool = True) -> ComponentStack:
     """Each head's output `z[..., h, :] @ W_O[l, h]` as "L{l}H{h}", for block `layer` (None: every block).
 
@@ -184,7 +185,7 @@ def stack_head_results(cache: ActivationCache, layer: int | None = None, pos_sli
 
 
 @torch.no_grad()
-def stack_neuron_results(cache: ActivationCache, layer: int, neurons: list[int] | slice | Tensor | None = None,
+def stack_neuron_results(cache: Cache, layer: int, neurons: list[int] | slice | Tensor | None = None,
                          pos_slice: PosSlice = None, incl_bias: bool = True) -> ComponentStack:
     """Each neuron's output `post[..., n] * W_out[layer, n]` of block `layer`, as "L{l}N{n}".
 
@@ -198,7 +199,7 @@ def stack_neuron_results(cache: ActivationCache, layer: int, neurons: list[int] 
 
 
 @torch.no_grad()
-def get_full_resid_decomposition(cache: ActivationCache, layer: int | None = None, expand_neurons: bool = True,
+def get_full_resid_decomposition(cache: Cache, layer: int | None = None, expand_neurons: bool = True,
                                  pos_slice: PosSlice = None) -> ComponentStack:
     """The residual stream at `layer` split as finely as it goes, in forward order.
 
@@ -219,11 +220,11 @@ def get_full_resid_decomposition(cache: ActivationCache, layer: int | None = Non
     return _assemble(pieces, pos_slice)
 
 
-def _embed_pieces(cache: ActivationCache, pos_slice: PosSlice) -> list[Piece]:
+def _embed_pieces(cache: Cache, pos_slice: PosSlice) -> list[Piece]:
     return [(["embed"], _one(cache, "hook_embed", pos_slice)), (["pos_embed"], _one(cache, "hook_pos_embed", pos_slice))]
 
 
-def _head_pieces(cache: ActivationCache, layer: int, pos_slice: PosSlice, incl_bias: bool) -> list[Piece]:
+def _head_pieces(cache: Cache, layer: int, pos_slice: PosSlice, incl_bias: bool) -> list[Piece]:
     attn = cache.model.blocks[layer].attn
 
     def heads() -> Float[Tensor, "n_heads *batch_and_pos d_model"]:
@@ -251,7 +252,7 @@ def neuron_indices(d_mlp: int, neurons: list[int] | slice | Tensor | None) -> In
     return torch.arange(d_mlp)[slice(None) if neurons is None else neurons].reshape(-1)
 
 
-def _check_adds_up(cache: ActivationCache, total: Tensor, name: str, pos_slice: PosSlice, made_from: str) -> None:
+def _check_adds_up(cache: Cache, total: Tensor, name: str, pos_slice: PosSlice, made_from: str) -> None:
     """Refuse per-component results that do not add up to the cached block output `name`.
 
     They always do for activations of one run (to rounding); they do not when the cache holds gradients
@@ -270,12 +271,12 @@ def _check_adds_up(cache: ActivationCache, total: Tensor, name: str, pos_slice: 
             "gradient is attn_out's gradient. If a hook edited that output, cache attn.hook_result (opt-in) instead.")
 
 
-def _refuse_gradients(cache: ActivationCache, what: str, instead: str) -> None:
+def _refuse_gradients(cache: Cache, what: str, instead: str) -> None:
     if getattr(cache, "holds_gradients", False):
         raise ValueError(f"{what} combines activations with weights, and this cache holds gradients; {instead}.")
 
 
-def _neuron_pieces(cache: ActivationCache, layer: int, neurons: list[int] | slice | Tensor | None,
+def _neuron_pieces(cache: Cache, layer: int, neurons: list[int] | slice | Tensor | None,
                    pos_slice: PosSlice, incl_bias: bool) -> list[Piece]:
     mlp, d_mlp = cache.model.blocks[layer].mlp, cache.model.cfg.d_mlp
     indices = neuron_indices(d_mlp, neurons)
@@ -300,7 +301,7 @@ def _neuron_pieces(cache: ActivationCache, layer: int, neurons: list[int] | slic
 
 # ----- LayerNorm and logits ----------------------------------------------------------------------
 @torch.no_grad()
-def apply_ln_to_stack(cache: ActivationCache, stack: ComponentStack, layer: int | None = None,
+def apply_ln_to_stack(cache: Cache, stack: ComponentStack, layer: int | None = None,
                       mlp_input: bool = False, pos_slice: PosSlice = None) -> ComponentStack:
     """Each component centred and divided by the cached LN scale of the residual stream at `layer`.
 
@@ -333,7 +334,7 @@ def apply_ln_to_stack(cache: ActivationCache, stack: ComponentStack, layer: int 
     return ComponentStack(centred / scale.to(centred), stack.labels, pos_slice)
 
 
-def token_ids(model: HookedTransformer, tokens: Tokens) -> Int[Tensor, "..."]:
+def token_ids(model: Model, tokens: Tokens) -> Int[Tensor, "..."]:
     """Token ids from ints, a tensor, or single-token strings (" Mary"; no BOS is prepended), checked."""
     if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
         rows = [model.to_tokens(text, prepend_bos=False)[0] for text in ([tokens] if isinstance(tokens, str) else tokens)]
@@ -348,7 +349,7 @@ def token_ids(model: HookedTransformer, tokens: Tokens) -> Int[Tensor, "..."]:
 
 
 @torch.no_grad()
-def logit_diff_direction(model: HookedTransformer, correct: Tokens,
+def logit_diff_direction(model: Model, correct: Tokens,
                          incorrect: Tokens) -> Float[Tensor, "*batch d_model"]:
     """W_U[:, correct] - W_U[:, incorrect]: the direction read by the logit difference (e.g. " Mary" - " John").
 
@@ -358,7 +359,7 @@ def logit_diff_direction(model: HookedTransformer, correct: Tokens,
 
 
 @torch.no_grad()
-def logit_attrs(cache: ActivationCache, stack: ComponentStack, tokens: Tokens | None = None,
+def logit_attrs(cache: Cache, stack: ComponentStack, tokens: Tokens | None = None,
                 directions: Float[Tensor, "*batch d_model"] | None = None, incorrect_tokens: Tokens | None = None,
                 pos_slice: PosSlice = None) -> Float[Tensor, "component *batch_and_pos"]:
     """Direct logit attribution: each component's contribution to the logit of `tokens` (Elhage et al. 2021).

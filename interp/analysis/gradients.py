@@ -11,27 +11,23 @@ captured with backward hooks) and return the true gradients, stacked and labelle
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.analysis.decompose import ComponentStack, PosSlice, _assemble, _check_layer, _read, neuron_indices
-
-if TYPE_CHECKING:
-    from interp.cache import ActivationCache
+from interp.analysis.decompose import Cache, ComponentStack, PosSlice, _assemble, _check_layer, _read, neuron_indices
 
 
-def _require_gradients(cache: ActivationCache, what: str) -> None:
+
+def _require_gradients(cache: Cache, what: str) -> None:
     if not getattr(cache, "holds_gradients", False):
         raise ValueError(f"{what} reads a cache of gradients: use cache.gradients() of run_with_cache(..., "
                          "incl_bwd=True), or GradientCache(grads, model) for gradients you captured yourself.")
 
 
 @torch.no_grad()
-def stack_head_gradients(cache: ActivationCache, layer: int | None = None, pos_slice: PosSlice = None,
+def stack_head_gradients(cache: Cache, layer: int | None = None, pos_slice: PosSlice = None,
                          incl_bias: bool = True) -> ComponentStack:
     """∂metric/∂(each head's output) as "L{l}H{h}" (and "L{l}_bias" for b_O), `[component, *batch_and_pos, d_model]`.
 
@@ -59,7 +55,7 @@ def stack_head_gradients(cache: ActivationCache, layer: int | None = None, pos_s
 
 
 @torch.no_grad()
-def stack_neuron_gradients(cache: ActivationCache, layer: int, neurons: list[int] | slice | Tensor | None = None,
+def stack_neuron_gradients(cache: Cache, layer: int, neurons: list[int] | slice | Tensor | None = None,
                            pos_slice: PosSlice = None, incl_bias: bool = True) -> ComponentStack:
     """∂metric/∂(each neuron's output `post_n W_out[n]`) of block `layer`, as "L{l}N{n}" (and "L{l}_mlp_bias").
 
