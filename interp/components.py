@@ -9,6 +9,7 @@ Q, K and V are stored fused (`W_QKV`) so the forward is one matrix product, as i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import einops
 import torch
@@ -27,12 +28,23 @@ def affine(x: Float[Tensor, "... d_in"], weight: Float[Tensor, "d_in d_out"],
     return out.view(*x.shape[:-1], weight.shape[-1])
 
 
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's tanh approximation; equal to HF's to fp32 rounding
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+def activation_function(name: str) -> Callable[[Tensor], Tensor]:
+    """The MLP activation called `name` (chosen once, at construction); ValueError for any other name."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}; interp implements {sorted(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]
+
+
 def activation(name: str, x: Tensor) -> Tensor:
-    if name == "gelu_new":  # GPT-2's tanh approximation; fused, equal to HF's formula to fp32 rounding
-        return F.gelu(x, approximate="tanh")
-    if name == "gelu":
-        return F.gelu(x)
-    return F.relu(x)
+    """`activation_function(name)(x)`: raises for an unknown name, never falls back to another function."""
+    return activation_function(name)(x)
 
 
 def layer_norm_scale(x: Float[Tensor, "... d_model"], eps: float) -> tuple[Float[Tensor, "... 1"], Float[Tensor, "... d_model"]]:
@@ -166,6 +178,7 @@ class MLP(nn.Module):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.act_fn = config.act_fn
+        self.activation = activation_function(config.act_fn)
         self.W_in = nn.Parameter(torch.empty(config.d_model, config.d_mlp))
         self.b_in = nn.Parameter(torch.zeros(config.d_mlp))
         self.W_out = nn.Parameter(torch.empty(config.d_mlp, config.d_model))
@@ -175,7 +188,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         pre = self.hook_pre(affine(x, self.W_in, self.b_in))
-        post = self.hook_post(activation(self.act_fn, pre))
+        post = self.hook_post(self.activation(pre))
         return affine(post, self.W_out, self.b_out)
 
 

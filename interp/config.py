@@ -26,6 +26,7 @@ class Config:
     eps: float = 1e-5
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
+    eos_token_id: int | None = None  # where generate(stop_at_eos=True) stops; GPT-2's equals its BOS id
     model_name: str = "custom"
 
     @property
@@ -46,11 +47,11 @@ class Config:
             raise ValueError(f"act_fn={self.act_fn!r} is not supported; use one of {SUPPORTED_ACTIVATIONS}.")
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}.")
-        if self.bos_token_id is not None and not 0 <= self.bos_token_id < self.d_vocab:
-            raise ValueError(
-                f"bos_token_id={self.bos_token_id} is outside the vocabulary [0, {self.d_vocab}); "
-                "set it to a valid id or None."
-            )
+        for field in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, field)
+            if value is not None and not 0 <= value < self.d_vocab:
+                raise ValueError(f"{field}={value} is outside the vocabulary [0, {self.d_vocab}); "
+                                 "set it to a valid id or None.")
 
     @classmethod
     def from_hf(cls, hf_config: Any, model_name: str = "custom") -> Config:
@@ -72,8 +73,11 @@ class Config:
             if get(key, expected) != expected:
                 raise ValueError(f"Unsupported GPT-2 option {key}={get(key)!r}; interp supports only {key}={expected}.")
         n_embd = get("n_embd")
-        bos = get("bos_token_id")
         vocab_size = get("vocab_size")
+
+        def token_id(key: str) -> int | None:  # ids outside the vocabulary (or lists) mean "none" here
+            value = get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size else None
         return cls(
             n_layers=get("n_layer"),
             d_model=n_embd,
@@ -84,7 +88,8 @@ class Config:
             act_fn=get("activation_function", "gelu_new"),
             eps=get("layer_norm_epsilon", 1e-5),
             tie_word_embeddings=get("tie_word_embeddings", True),
-            bos_token_id=bos if isinstance(bos, int) and 0 <= bos < vocab_size else None,
+            bos_token_id=token_id("bos_token_id"),
+            eos_token_id=token_id("eos_token_id"),
             model_name=model_name,
         )
 
@@ -96,7 +101,7 @@ class Config:
             n_layer=self.n_layers, n_embd=self.d_model, n_head=self.n_heads, n_inner=self.d_mlp,
             vocab_size=self.d_vocab, n_positions=self.n_ctx, activation_function=self.act_fn,
             layer_norm_epsilon=self.eps, tie_word_embeddings=self.tie_word_embeddings,
-            bos_token_id=self.bos_token_id, eos_token_id=self.bos_token_id,
+            bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )
 

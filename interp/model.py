@@ -246,6 +246,10 @@ class HookedTransformer(nn.Module):
         if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
             raise ValueError(f"{tokens.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds n_ctx={self.cfg.n_ctx}; "
                              "generate fewer tokens or shorten the prompt.")
+        eos = self.cfg.eos_token_id
+        if stop_at_eos and eos is None:
+            raise ValueError("stop_at_eos=True but the model's config has no eos_token_id; load the model with a "
+                             "config that sets it, or let max_new_tokens end the generation.")
         generator = torch.Generator(device=tokens.device).manual_seed(seed) if seed is not None else None
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for _ in range(max_new_tokens):
@@ -258,9 +262,9 @@ class HookedTransformer(nn.Module):
                     kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-            if stop_at_eos and self.cfg.bos_token_id is not None:
-                next_token = next_token.masked_fill(finished, self.cfg.bos_token_id)
-                finished |= next_token == self.cfg.bos_token_id
+            if stop_at_eos:  # a finished row keeps emitting EOS while the others go on
+                next_token = next_token.masked_fill(finished, eos)
+                finished |= next_token == eos
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
             if stop_at_eos and bool(finished.all()):
                 break
@@ -268,7 +272,19 @@ class HookedTransformer(nn.Module):
 
     # ----- weights, stacked over layers (circuits names) -------------------------------------
     def _stack(self, get: Callable[[Block], Tensor]) -> Tensor:
+        """A new `[layer, ...]` tensor: a COPY, so writing into `model.W_K[...]` changes nothing; edit a block's
+        own weight (`model.blocks[l].attn.W_K`) or the state dict instead."""
         return torch.stack([get(block) for block in self.blocks])
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], *args: Any, **kwargs: Any) -> HookedTransformer:
+        """`.to()`, `.double()`, `.cuda()`, ... convert each parameter on its own, which would give a tied W_U its
+        own storage while `cfg.tie_word_embeddings` says tied; re-tie it as a view of the converted W_E."""
+        tied = self.cfg.tie_word_embeddings and not self.W_E.is_meta and \
+            self.W_U.untyped_storage().data_ptr() == self.W_E.untyped_storage().data_ptr()
+        super()._apply(fn, *args, **kwargs)
+        if tied:
+            self.W_U = nn.Parameter(self.W_E.T, requires_grad=self.W_U.requires_grad)
+        return self
 
     W_Q = property(lambda self: self._stack(lambda b: b.attn.W_Q), doc="[layer, n_heads, d_model, d_head]")
     W_K = property(lambda self: self._stack(lambda b: b.attn.W_K), doc="[layer, n_heads, d_model, d_head]")
