@@ -25,6 +25,7 @@ HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt",
              "tokenizer_config.json", "special_tokens_map.json"]
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth")
+SHARD_INDEX = "model.safetensors.index.json"
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "special_tokens_map.json")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -182,11 +183,13 @@ def _missing_path_message(name: str, path: Path) -> str:
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
-    """Tensors from a .safetensors file (memory-mapped) or a .bin/.pt file (`weights_only=True`).
+    """Tensors from a .safetensors file (memory-mapped), a sharded one's index, or a .bin/.pt file (`weights_only=True`).
 
     A damaged file, or one holding Python objects other than tensors, raises ValueError naming it;
     pickled objects are never unpickled (that could run code).
     """
+    if path.name.endswith(".safetensors.index.json"):
+        return read_sharded_weights(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -266,10 +269,37 @@ def _weights_file(directory: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).exists():
             return directory / name
-    if (directory / "model.safetensors.index.json").exists():
-        raise ValueError(f"{directory} holds a sharded checkpoint; interp reads single-file GPT-2 checkpoints. "
-                         "Re-save it with save_pretrained(dir, max_shard_size='20GB').")
-    raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {directory}.")
+    if (directory / SHARD_INDEX).exists():
+        return directory / SHARD_INDEX
+    if (directory / "pytorch_model.bin.index.json").exists():
+        raise ValueError(f"{directory} holds a sharded .bin checkpoint; interp reads sharded safetensors. Re-save it "
+                         "with save_pretrained(dir) (safetensors is the default) where it was made.")
+    raise FileNotFoundError(f"No model.safetensors, {SHARD_INDEX} or pytorch_model.bin in {directory}.")
+
+
+def read_sharded_weights(index_path: Path) -> dict[str, Tensor]:
+    """Tensors of a sharded safetensors checkpoint (`model.safetensors.index.json` and its shards), each
+    shard memory-mapped, so the load still holds one copy. ValueError naming the file for a damaged index,
+    a missing shard, or a tensor the index lists but its shard lacks."""
+    fix = "download or save the checkpoint again"
+    index = read_json(index_path, "shard index", fix)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"The shard index {index_path} is damaged (no weight_map of tensor -> file); {fix}.")
+    by_file: dict[str, list[str]] = {}
+    for name, file_name in weight_map.items():
+        by_file.setdefault(file_name, []).append(name)
+    state: dict[str, Tensor] = {}
+    for file_name, names in sorted(by_file.items()):
+        shard_path = index_path.parent / file_name
+        if not shard_path.is_file():
+            raise FileNotFoundError(f"The shard {shard_path} listed in {index_path} is missing; {fix}.")
+        shard = read_weights(shard_path)
+        missing = [name for name in names if name not in shard]
+        if missing:
+            raise ValueError(f"The shard {shard_path} lacks {missing[:5]} that {index_path} lists there; {fix}.")
+        state.update({name: shard[name] for name in names})
+    return state
 
 
 def _tokenizer_from(directory: Path) -> Any:

@@ -164,3 +164,42 @@ def test_config_validation_messages():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_layers = 3  # frozen: vary a config with dataclasses.replace
     assert Config.from_hf(cfg.to_hf()) == cfg
+
+
+# ----- sharded safetensors ---------------------------------------------------------------------------
+@pytest.fixture()
+def sharded_dir(tmp_path):
+    hf_model = random_hf_gpt2(tiny_hf_config(), seed=5)
+    hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    return hf_model, tmp_path
+
+
+def test_a_sharded_checkpoint_loads_equal_to_transformers(sharded_dir):
+    import json
+    hf_model, directory = sharded_dir
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1 and not (directory / "model.safetensors").exists()
+    tokens = random_tokens(101)
+    for source in (directory, directory / "model.safetensors.index.json"):
+        model = HookedTransformer.from_pretrained(source)
+        with torch.no_grad():
+            expected = hf_model(tokens).logits.log_softmax(-1)
+            torch.testing.assert_close(model(tokens).log_softmax(-1), expected, rtol=0, atol=1e-5)
+
+
+def test_a_sharded_checkpoint_with_a_missing_shard_or_damaged_index(sharded_dir):
+    import json
+    _, directory = sharded_dir
+    index_path = directory / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (directory / shard).rename(directory / "moved.safetensors")
+    with pytest.raises(FileNotFoundError, match=f"shard .*{shard} listed in .*index.json is missing"):
+        HookedTransformer.from_pretrained(directory)
+    (directory / "moved.safetensors").rename(directory / shard)
+    index_path.write_text('{"weight_map": ')
+    with pytest.raises(ValueError, match="shard index .* is damaged"):
+        HookedTransformer.from_pretrained(directory)
+    index_path.write_text(json.dumps({"weight_map": {**index["weight_map"], "transformer.h.0.extra": shard}}))
+    with pytest.raises(ValueError, match=r"lacks \['transformer.h.0.extra'\]"):
+        HookedTransformer.from_pretrained(directory)
