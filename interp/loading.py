@@ -231,9 +231,14 @@ def _finish(cfg: Config, hf_state: dict[str, Tensor], tokenizer: Any, device: An
 
 def check_finite(name: str, tensor: Tensor, original: Tensor, source: str) -> None:
     """Refuse a weight holding NaN or inf (a damaged checkpoint, or an overflow when converting dtype)."""
-    # In chunks, so the check's temporary is 16 M bools however large the tensor (this reads every page once).
-    if not tensor.is_floating_point() or all(bool(torch.isfinite(chunk).all())
-                                             for chunk in tensor.reshape(-1).split(1 << 24)):
+    if not tensor.is_floating_point():
+        return
+    # A NaN or inf anywhere makes the sum non-finite, so a finite sum proves every element finite in one fast pass
+    # (torch.isfinite is ~100x slower on CPU); only a non-finite sum (a real NaN/inf, or an overflowing sum) pays
+    # for the exact check.
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float32 if tensor.element_size() < 4 else None))):
+        return
+    if bool(torch.isfinite(tensor).all()):
         return
     n_nan, n_inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
     overflowed = original.dtype != tensor.dtype and bool(torch.isfinite(original).all())

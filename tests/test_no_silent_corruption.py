@@ -248,6 +248,15 @@ def test_nan_weights_are_refused_naming_the_tensor(saved_toy):
         HookedTransformer.from_pretrained(saved_toy)
 
 
+def test_finite_weights_whose_sum_overflows_still_load(saved_toy):
+    from safetensors.torch import load_file, save_file
+    state = load_file(saved_toy / "model.safetensors")
+    state["transformer.h.0.mlp.c_fc.weight"][0, :2] = 3e38  # finite, but their float32 sum is inf
+    save_file(state, saved_toy / "model.safetensors")
+    model = HookedTransformer.from_pretrained(saved_toy)
+    assert model.blocks[0].mlp.W_in[0, 1] == torch.tensor(3e38)
+
+
 def test_dtype_overflow_is_named_as_such(saved_toy):
     from safetensors.torch import load_file, save_file
     state = load_file(saved_toy / "model.safetensors")
