@@ -41,6 +41,7 @@ from interp.analysis.heads import (
     text_protocol,
     text_score_sums,
 )
+from interp.display import plural
 from interp.model import HookedTransformer
 from interp.prompts import read_prompts, tokenize_prompts  # noqa: F401  (read_prompts: public here too)
 from interp.report import (COMPLETE_NAME, FILE_NAMES, HeadScoreReport, check_finite, check_formats, complete_report,
@@ -281,7 +282,7 @@ def _write_report(model: HookedTransformer, folder: Path, outcome: Outcome, job:
                   provenance: dict[str, Any], first_sequence: torch.Tensor) -> None:
     """The report set from the units on disk, unless `--resume` finds it complete for this run."""
     with files.setup_lock(folder):  # one writer of the set at a time (shards may finish together)
-        if job.resume and "json" in job.formats and complete_report(folder, job.formats, identity):
+        if job.resume and "json" in job.formats and complete_report(folder, job.formats, identity, job.top_k):
             outcome.report = HeadScoreReport.from_json(folder / FILE_NAMES["json"])
             outcome.files = {fmt: folder / FILE_NAMES[fmt] for fmt in job.formats}
             return
@@ -340,7 +341,8 @@ def _report_problems(job: HeadsJob, problems: list[tuple[int, str]], log: Callab
     for number, why in problems:
         log(f"{job.prompts_file}:{number}: {why}" + ("" if job.strict else " (skipped)"))
     if problems and job.strict:
-        raise ValueError(f"{len(problems)} bad prompt lines in {job.prompts_file} (--strict); fix or drop them.")
+        raise ValueError(f"{plural(len(problems), 'bad prompt line')} in {job.prompts_file} (--strict); "
+                         "fix or drop them.")
 
 
 def _sources(model: HookedTransformer, model_id: str, job: HeadsJob, prompts: list[tuple[int, str]],
@@ -368,6 +370,10 @@ def run(job: HeadsJob, log: Callable[[str], None] = lambda message: print(messag
     if job.prompts_file is None and job.random_repeated is None:
         job = dataclasses.replace(job, random_repeated=100)
     prompts, line_problems = _checked_prompts(job, log)
+    if len(job.models) > 1:  # every model loads and every source checks (with --strict too) before anything is written
+        for model_id in job.models:
+            _sources(HookedTransformer.from_pretrained(model_id, device=job.device, dtype=job.dtype), model_id, job,
+                     prompts, line_problems, log if job.strict else (lambda message: None))
     outcomes = []
     for model_id in job.models:
         model = HookedTransformer.from_pretrained(model_id, device=job.device, dtype=job.dtype)

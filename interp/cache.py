@@ -42,8 +42,11 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __init__(self, cache_dict: dict[str, Tensor], model: Model, has_batch_dim: bool = True,
                  derived: dict[str, Derivation] | None = None, inputs: dict[str, Tensor] | None = None,
-                 order: Iterable[str] | None = None, dtype: torch.dtype | None = None) -> None:
+                 order: Iterable[str] | None = None, dtype: torch.dtype | None = None, from_run: bool = False) -> None:
         self.cache_dict = cache_dict  # what has been computed
+        # True when model.run_with_cache built it: its entries are activations of one forward (a hand-built
+        # cache may hold gradients, which per-component stacks check for; see decompose._check_adds_up).
+        self.from_run = from_run
         self.derived = dict(derived or {})  # name -> (input names, function): computed on first read
         self.inputs = dict(inputs or {})  # the activations derived entries are computed from (not listed)
         self.model = model
@@ -100,7 +103,8 @@ class ActivationCache(Mapping[str, Tensor]):
     def to(self, device: Any) -> ActivationCache:
         """A cache with every tensor moved to `device` (tensors already there are not copied)."""
         return type(self)({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, self.has_batch_dim,
-                          self.derived, {k: v.to(device) for k, v in self.inputs.items()}, self._order, self.dtype)
+                          self.derived, {k: v.to(device) for k, v in self.inputs.items()}, self._order, self.dtype,
+                          self.from_run)
 
     def remove_batch_dim(self) -> ActivationCache:
         """A cache of a single-sequence run with the batch dimension dropped (views, no copies)."""
@@ -112,7 +116,7 @@ class ActivationCache(Mapping[str, Tensor]):
                              "index one sequence instead, e.g. run on tokens[:1].")
         derived = {k: (names, _unbatched(fn)) for k, (names, fn) in self.derived.items()}
         return type(self)({k: v[0] for k, v in self.cache_dict.items()}, self.model, False, derived,
-                          {k: v[0] for k, v in self.inputs.items()}, self._order, self.dtype)
+                          {k: v[0] for k, v in self.inputs.items()}, self._order, self.dtype, self.from_run)
 
     # ----- residual-stream decompositions: thin wrappers of `interp.analysis.decompose` ------------
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,

@@ -178,7 +178,8 @@ class HookedTransformer(nn.Module):
             # Only what this run reached: stop_at_layer may have ended it before some names.
             derived = {name: how for name, how in plan.items() if all(source in raw for source in how[0])}
             order = [name for name in selected if name in store or name in derived]
-            return output, ActivationCache(store, self, derived=derived, inputs=raw, order=order, dtype=dtype)
+            return output, ActivationCache(store, self, derived=derived, inputs=raw, order=order, dtype=dtype,
+                                           from_run=True)
         roots: list[Tensor] = []
 
         def make_root(activation: Tensor, hook: HookPoint) -> Tensor:
@@ -193,7 +194,7 @@ class HookedTransformer(nn.Module):
                 raise ValueError("incl_bwd=True differentiates a scalar output: use return_type='loss' or 'both'.")
             torch.autograd.grad(scalar, roots)
         order = [name for name in selected if name in store] + [name + "_grad" for name in selected if name + "_grad" in store]
-        return output, ActivationCache(store, self, order=order)
+        return output, ActivationCache(store, self, order=order, from_run=True)
 
     # ----- tokens ----------------------------------------------------------------------------
     def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None) -> Int[Tensor, "batch pos"]:

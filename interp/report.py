@@ -108,14 +108,17 @@ class HeadScoreReport:
 
 # ----- provenance --------------------------------------------------------------------------------
 def weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 over every parameter's name, dtype, shape and bytes (tied views counted once)."""
+    """SHA-256 over every parameter's name, dtype, shape and bytes; a tied weight (W_U = W_E.T, the same
+    elements of the same storage in another order) is counted once. Other views of one buffer (a flat
+    parameter checkpoint) are different elements and are all hashed."""
     digest = hashlib.sha256()
-    seen_storage: set[int] = set()
+    seen: set[tuple] = set()
     for name, tensor in model.state_dict().items():
-        storage = tensor.untyped_storage().data_ptr()
-        if storage in seen_storage:
-            continue  # a tied weight (W_U viewing W_E) is the same bytes
-        seen_storage.add(storage)
+        elements = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                    tuple(sorted(zip(tensor.shape, tensor.stride()))))
+        if elements in seen:
+            continue
+        seen.add(elements)
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -372,14 +375,16 @@ def write_report(report: HeadScoreReport, out_dir: str | Path, formats: tuple[st
     check_report_finite(report)
     render = {"csv": to_csv, "json": to_json, "md": lambda r: to_markdown(r, top_k), "html": lambda r: to_html(r, top_k)}
     contents = {FILE_NAMES[fmt]: render[fmt](report) for fmt in dict.fromkeys(formats)}
-    paths = files.write_file_set(out_dir, contents, COMPLETE_NAME, {"run_id": run_id})
+    paths = files.write_file_set(out_dir, contents, COMPLETE_NAME, {"run_id": run_id, "top_k": top_k})
     return {fmt: paths[FILE_NAMES[fmt]] for fmt in formats}
 
 
-def complete_report(folder: str | Path, formats: tuple[str, ...], run_id: str) -> bool:
-    """Whether `folder` holds a complete report set of exactly `formats`, written by the run `run_id`."""
+def complete_report(folder: str | Path, formats: tuple[str, ...], run_id: str, top_k: int) -> bool:
+    """Whether `folder` holds a complete report set of exactly `formats`, written by the run `run_id`
+    listing `top_k` heads per score type."""
     try:
         record = files.verify_file_set(folder, COMPLETE_NAME, READ_FIX)
     except files.IncompleteFileSet:
         return False
-    return record.get("run_id") == run_id and set(record["files"]) == {FILE_NAMES[fmt] for fmt in formats}
+    return (record.get("run_id") == run_id and record.get("top_k") == top_k
+            and set(record["files"]) == {FILE_NAMES[fmt] for fmt in formats})

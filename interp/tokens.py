@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -47,8 +49,7 @@ def _ids_from_list(ids: list | tuple) -> Tensor:
         raise TypeError("The input mixes token ids and lists; pass a flat list of ids [pos] or a list of rows [batch, pos].")
     for row_number, row in enumerate(rows if rows is not None else [ids]):
         for x in row:
-            if isinstance(x, bool) or not isinstance(x, int) and not (isinstance(x, Tensor) and x.ndim == 0
-                                                                       and not x.is_floating_point()):
+            if not _is_token_id(x):
                 where = f"row {row_number} of the input" if rows is not None else "the input"
                 raise TypeError(f"Token ids must be ints, but {where} holds {x!r} ({type(x).__name__}); "
                                 "pass text as a str or a list of str, and ids as ints.")
@@ -57,8 +58,20 @@ def _ids_from_list(ids: list | tuple) -> Tensor:
         if len(lengths) > 1:
             raise ValueError(f"The rows of the input have different lengths {lengths}; token rows must be equally "
                              "long: pad them, or pass the texts as a list of strings to have them padded.")
-    return torch.tensor([list(map(int, row)) for row in rows] if rows is not None else list(map(int, ids)),
+    return torch.tensor([[operator.index(x) for x in row] for row in rows] if rows is not None
+                        else [operator.index(x) for x in ids],
                         dtype=torch.long)
+
+
+def _is_token_id(x: Any) -> bool:
+    """An int of any kind (Python, numpy, a 0-d integer tensor), but not a bool (or a bool tensor)."""
+    if isinstance(x, (bool, np.bool_)) or (isinstance(x, Tensor) and (x.ndim != 0 or x.dtype == torch.bool)):
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
 
 
 def _require(tokenizer: Any) -> Any:

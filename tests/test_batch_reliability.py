@@ -323,6 +323,10 @@ def test_a_set_written_half_way_is_seen_as_incomplete_and_resume_repairs_it(tmp_
     (again,) = batch.run(toy_job(tmp_path, resume=True, formats=report.FORMATS))  # complete: nothing rewritten
     assert {path.name: path.stat().st_ino for path in folder.iterdir() if path.is_file()} == inodes
     assert again.report.protocol["seed"] == 0 and set(again.files) == set(report.FORMATS)
+    top_k = toy_job(tmp_path).top_k + 1  # the same run asked for a longer list: the set is rewritten
+    batch.run(toy_job(tmp_path, resume=True, formats=report.FORMATS, top_k=top_k))
+    assert (folder / "summary.md").stat().st_ino != inodes["summary.md"]
+    assert json.loads((folder / "report.complete.json").read_text())["top_k"] == top_k
 
 
 def test_a_changed_report_file_makes_the_set_incomplete(tmp_path):
@@ -461,3 +465,11 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(capsys, tmp_path, monkeypa
     assert str(run_folder(tmp_path)) in lines[0] and "1 of 4 units" in lines[0] and "--resume" in lines[0]
     monkeypatch.setattr(batch, "run", real_run)
     assert cli.main(["heads", *TINY, "--out", str(tmp_path), "--resume"]) == 0
+
+
+def test_a_bad_second_model_fails_before_the_first_writes_anything(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["heads", "--random-repeated", "4", "--length", "5", "--no-progress", "--out", str(out),
+                     "--model", "interp-toy", "--model", str(tmp_path / "no-such-model")])
+    assert code == 2 and "No such file or directory" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,4 +1,5 @@
-"""Layers import only downward (DESIGN.md): no import cycles, lazy and TYPE_CHECKING imports included."""
+"""No import cycles among interp's modules, lazy and TYPE_CHECKING imports included (the shared checker), and
+loading returns data while the model builds itself."""
 
 import subprocess
 import sys

@@ -197,6 +197,31 @@ def test_per_head_gradients_are_gradients_not_grad_z_times_w_o(tiny_pair):
             torch.testing.assert_close(stack[f"L{layer}H{head}"], expected[layer][:, :, head], rtol=1e-5, atol=1e-7)
 
 
+def test_hand_built_gradients_are_refused_even_without_block_outputs_or_for_neuron_subsets(tiny_pair):
+    _, model = tiny_pair
+    tokens = random_tokens(101, batch=2, pos=6)
+    _, grads = _tl_style_caches(model, tokens)
+    only_z = {name: grad for name, grad in grads.items() if name.endswith("attn.hook_z")}
+    with pytest.raises(ValueError, match="Cannot tell whether this cache holds activations or gradients"):
+        ActivationCache(only_z, model).stack_head_results(1)
+    with pytest.raises(ValueError, match="do not add up to blocks.0.hook_mlp_out"):
+        ActivationCache(grads, model).stack_neuron_results(0, neurons=[0, 5])
+    # the same subset of a cache of activations (built by run_with_cache, or by hand with the block output) works
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.mlp.hook_post"])
+    subset = cache.stack_neuron_results(0, neurons=[0, 5], incl_bias=False).components
+    expected = cache["blocks.0.mlp.hook_post"][..., 5, None] * model.blocks[0].mlp.W_out[5]
+    torch.testing.assert_close(subset[1], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_stacks_from_hook_result_alone_include_the_bias(tiny_pair):
+    _, model = tiny_pair
+    tokens = random_tokens(101, batch=2, pos=6)
+    names = ["blocks.0.attn.hook_result", "blocks.0.hook_attn_out"]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    stack = cache.stack_head_results(0)
+    torch.testing.assert_close(stack.sum(), cache["blocks.0.hook_attn_out"], rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_of_an_incl_bwd_cache(tiny_pair):
     _, model = tiny_pair
     tokens = random_tokens(101, batch=1, pos=6)
@@ -327,6 +352,7 @@ def test_pickled_objects_are_refused_without_running_or_advising_unsafe_loading(
     ([1, "a"], TypeError, r"holds 'a' \(str\)"),
     ([[1, 2], 3], TypeError, "mixes token ids and lists"),
     ([1.5, 2.0], TypeError, "must be ints"),
+    ([torch.tensor(True), 2], TypeError, "must be ints"),
 ])
 def test_bad_model_inputs_name_the_problem(tiny_pair, bad, error, message):
     _, model = tiny_pair
@@ -335,8 +361,11 @@ def test_bad_model_inputs_name_the_problem(tiny_pair, bad, error, message):
 
 
 def test_list_inputs_that_are_fine(tiny_pair):
+    import numpy as np
     _, model = tiny_pair
     with torch.no_grad():
+        torch.testing.assert_close(model(list(np.array([1, 2, 3]))), model(torch.tensor([[1, 2, 3]])), rtol=0, atol=0)
+        torch.testing.assert_close(model([torch.tensor(1), 2, 3]), model(torch.tensor([[1, 2, 3]])), rtol=0, atol=0)
         torch.testing.assert_close(model([[1, 2, 3]]), model(torch.tensor([[1, 2, 3]])), rtol=0, atol=0)
         torch.testing.assert_close(model([1, 2, 3]), model(torch.tensor([[1, 2, 3]])), rtol=0, atol=0)
 

@@ -217,3 +217,28 @@ def test_report_html_is_bounded_at_1024_tokens():
     tables = {name: torch.rand(12, 12, generator=generator).tolist() for name in ("induction", "previous_token")}
     page = to_html(make_report(tables, {"induction": 100, "previous_token": 100}, example=example))
     assert len(page.encode("utf-8")) < 7_500_000
+
+
+def test_weights_hash_counts_a_tied_view_once_but_every_slice_of_a_flat_buffer():
+    from interp.report import weights_sha256
+
+    class Flat(torch.nn.Module):
+        def __init__(self, buffer):
+            super().__init__()
+            self.a = torch.nn.Parameter(buffer[:6].view(2, 3))
+            self.b = torch.nn.Parameter(buffer[6:].view(2, 3))
+
+    class Tied(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.W_E = torch.nn.Parameter(weight)
+            self.W_U = torch.nn.Parameter(weight.T)
+
+    buffer = torch.arange(12.0)
+    changed = buffer.clone()
+    changed[9] = -1.0  # only in b
+    assert weights_sha256(Flat(buffer)) != weights_sha256(Flat(changed))
+    weight = torch.randn(4, 3)
+    tied, alone = Tied(weight), torch.nn.Module()
+    alone.W_E = torch.nn.Parameter(weight)
+    assert weights_sha256(tied) == weights_sha256(alone)  # W_U adds nothing: it is W_E

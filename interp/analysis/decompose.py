@@ -46,7 +46,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.analysis.stack import ComponentStack, PosSlice
-from interp.components import layer_norm_scale
+from interp.components import affine, layer_norm_scale
 
 # The cache and the model are above this module (the cache's decompose_resid etc. delegate here), so they are
 # not imported: `cache` is an `interp.cache.ActivationCache`, `model` an `interp.model.HookedTransformer`.
@@ -238,8 +238,10 @@ def _head_pieces(cache: Cache, layer: int, pos_slice: PosSlice, incl_bias: bool)
         return results
 
     def bias() -> Float[Tensor, "1 *batch_and_pos d_model"]:
-        z = _read(cache, f"blocks.{layer}.attn.hook_z", pos_slice)
-        return _bias(attn.b_O, z.shape[:-2], z)
+        name = f"blocks.{layer}.attn.hook_result" if f"blocks.{layer}.attn.hook_result" in cache \
+            else f"blocks.{layer}.attn.hook_z"
+        per_head = _read(cache, name, pos_slice)  # [..., n_heads, d_head or d_model]: its batch/pos shape
+        return _bias(attn.b_O, per_head.shape[:-2], per_head)
 
     pieces = [([f"L{layer}H{head}" for head in range(attn.n_heads)], heads)]
     return pieces + [([f"L{layer}_bias"], bias)] if incl_bias else pieces
@@ -257,9 +259,15 @@ def _check_adds_up(cache: Cache, total: Tensor, name: str, pos_slice: PosSlice, 
 
     They always do for activations of one run (to rounding); they do not when the cache holds gradients
     (the gradient of a head's output is attn_out's gradient, not grad_z @ W_O) or a hook edited `name`.
+    A cache built by hand (not by run_with_cache) without `name` is refused: nothing could tell.
     """
     if name not in cache:
-        return
+        if getattr(cache, "from_run", False):  # activations of one run_with_cache forward: nothing to doubt
+            return
+        raise ValueError(
+            f"Cannot tell whether this cache holds activations or gradients: {name} is not in it, so components "
+            f"computed from {made_from} cannot be checked against it. Build the cache with model.run_with_cache, or "
+            f"include {name}; for gradients use GradientCache(grads, model).")
     expected = _read(cache, name, pos_slice).to(total)
     tolerance = 1e-3 if total.dtype in (torch.float32, torch.float64) else 5e-2  # relative; fp32 rounding is ~1e-6
     error = float((total - expected).norm() / expected.norm().clamp_min(1e-30))
@@ -282,14 +290,13 @@ def _neuron_pieces(cache: Cache, layer: int, neurons: list[int] | slice | Tensor
     indices = neuron_indices(d_mlp, neurons)
 
     def outputs() -> Float[Tensor, "neuron *batch_and_pos d_model"]:
-        post = _read(cache, f"blocks.{layer}.mlp.hook_post", pos_slice)
-        post = post[..., indices.to(post.device)]
+        every = _read(cache, f"blocks.{layer}.mlp.hook_post", pos_slice)
+        # Every neuron together, even for a subset: only the whole adds up to mlp_out, the check's reference.
+        _check_adds_up(cache, affine(every, mlp.W_out.to(every), mlp.b_out.to(every)), f"blocks.{layer}.hook_mlp_out",
+                       pos_slice, f"blocks.{layer}.mlp.hook_post * W_out")
+        post = every[..., indices.to(every.device)]
         W_out = mlp.W_out[indices.to(mlp.W_out.device)].to(post)
-        results = einops.einsum(post, W_out, "... neuron, neuron d_model -> neuron ... d_model")
-        if len(indices) == d_mlp:  # only every neuron together adds up to mlp_out
-            _check_adds_up(cache, results.sum(0) + mlp.b_out.to(results), f"blocks.{layer}.hook_mlp_out", pos_slice,
-                           f"blocks.{layer}.mlp.hook_post * W_out")
-        return results
+        return einops.einsum(post, W_out, "... neuron, neuron d_model -> neuron ... d_model")
 
     def bias() -> Float[Tensor, "1 *batch_and_pos d_model"]:
         post = _read(cache, f"blocks.{layer}.mlp.hook_post", pos_slice)
