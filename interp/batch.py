@@ -397,7 +397,7 @@ def terminal_summary(outcomes: list[Outcome], top_k: int) -> str:
             lines.append(f"  loss first copy {scores.loss_first_repeat:.3f} -> second copy {scores.loss_second_repeat:.3f}")
         for name in scores.scores:
             listed = listed_heads(scores, name, top_k)
-            top = ("n/a (0 queries)" if scores.n_queries.get(name) == 0 else
+            top = ("n/a (0 queries)" if not scores.measured(name) else
                    "  ".join(f"L{layer}H{head} {value:.2f}" for layer, head, value in listed) or none_listed(scores, name))
             lines.append(f"  {name:<16} {top}")
         if "html" in outcome.files:

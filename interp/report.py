@@ -134,21 +134,16 @@ def package_versions() -> dict[str, str]:
 
 
 # ----- which heads are shown ----------------------------------------------------------------------
-def measured(scores: HeadScores, score_type: str) -> bool:
-    """Whether any query was scored for `score_type` (else its table is all zeros and means nothing)."""
-    return scores.n_queries.get(score_type) != 0
-
-
 def listed_heads(scores: HeadScores, score_type: str, k: int) -> list[tuple[int, int, float]]:
     """The top heads of `score_type` as (layer, head, score), best first: at most k, each scoring >= TOP_SCORE."""
-    if not measured(scores, score_type):
+    if not scores.measured(score_type):
         return []
     return [(layer, head, value) for layer, head, value in scores.top_heads(score_type, k) if value >= TOP_SCORE]
 
 
 def strongest_head(scores: HeadScores) -> tuple[int, int] | None:
     """The head with the highest score of any measured score type (None when nothing was measured)."""
-    best = [(value, -layer, -head) for name in scores.scores if measured(scores, name)
+    best = [(value, -layer, -head) for name in scores.scores if scores.measured(name)
             for layer, head, value in scores.top_heads(name, 1)]
     if not best:
         return None
@@ -225,7 +220,7 @@ def to_csv(report: HeadScoreReport) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["layer", "head", "score_type", "value"])
     for name, table in report.scores.scores.items():
-        measured = report.scores.n_queries.get(name) != 0
+        measured = report.scores.measured(name)
         for layer, row in enumerate(table.tolist()):
             for head, value in enumerate(row):
                 writer.writerow([layer, head, name, repr(float(value)) if measured else ""])
@@ -279,7 +274,7 @@ def to_markdown(report: HeadScoreReport, top_k: int = 5) -> str:
     for name in scores.scores:
         lines += [f"## Top {name.replace('_', '-')} heads (score ≥ {TOP_SCORE})", ""]
         listed = listed_heads(scores, name, top_k)
-        if not measured(scores, name):
+        if not scores.measured(name):
             lines.append(f"n/a (0 queries). {_unmeasured(name)}")
         elif not listed:
             lines.append(none_listed(scores, name))
@@ -323,7 +318,7 @@ def to_html(report: HeadScoreReport, top_k: int = 5) -> str:
     parts.append('<div class="maps">')
     for name, table in scores.scores.items():
         heading = f"<h2>{escape(name.replace('_', '-'))}</h2>"
-        if not measured(scores, name):
+        if not scores.measured(name):
             parts.append(f'<div class="map">{heading}<div class="na">n/a (0 queries)</div>'
                          f"<p>{escape(_unmeasured(name))}</p></div>")
             continue

@@ -39,3 +39,14 @@ def tiny_pair():
 
 def random_tokens(n_vocab: int, batch: int = 2, pos: int = 20, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, n_vocab, (batch, pos), generator=torch.Generator().manual_seed(seed))
+
+
+def force_token_hook(model, token: int):
+    """A hook for `ln_final.hook_normalized` that makes every position's largest logit `token`: it replaces the
+    normalised residual by the least-squares direction whose unembedding is 100 x one-hot(token)."""
+    target = torch.nn.functional.one_hot(torch.tensor(token), model.cfg.d_vocab).float() * 100
+    direction = torch.linalg.lstsq(model.W_U.detach().T, target).solution
+
+    def hook(normalized, hook_point):
+        return direction.expand_as(normalized).clone()
+    return hook

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import random_tokens, tiny_hf_config
+from conftest import force_token_hook, random_tokens, tiny_hf_config
 from interp import HookedTransformer
 from interp.components import ACTIVATIONS, activation, activation_function
 from interp.config import SUPPORTED_ACTIVATIONS
@@ -69,17 +69,10 @@ def test_generation_stops_at_the_eos_id_not_the_bos_id(tiny_pair):
     model = HookedTransformer.from_state_dict(cfg, base.state_dict())
     prompt = random_tokens(101, batch=1, pos=4)
 
-    def force(token):
-        def hook(normalized, hook_point):
-            direction = torch.linalg.lstsq(model.W_U.detach().T, torch.nn.functional.one_hot(
-                torch.tensor(token), model.cfg.d_vocab).float() * 100).solution
-            return direction.expand_as(normalized).clone()
-        return hook
-
-    with model.hooks([("ln_final.hook_normalized", force(7))]):
+    with model.hooks([("ln_final.hook_normalized", force_token_hook(model, 7))]):
         stopped = model.generate(prompt, max_new_tokens=5, stop_at_eos=True)
     assert stopped[0, 4:].tolist() == [7]  # EOS ends it at once
-    with model.hooks([("ln_final.hook_normalized", force(100))]):
+    with model.hooks([("ln_final.hook_normalized", force_token_hook(model, 100))]):
         through_bos = model.generate(prompt, max_new_tokens=5, stop_at_eos=True)
     assert through_bos[0, 4:].tolist() == [100] * 5  # the BOS id is not an end
     no_eos = HookedTransformer.from_state_dict(dataclasses.replace(cfg, eos_token_id=None), base.state_dict())

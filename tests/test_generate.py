@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import random_tokens
+from conftest import force_token_hook, random_tokens
 
 
 def test_greedy_matches_transformers(tiny_pair):
@@ -37,12 +37,11 @@ def test_hooks_act_during_generation(tiny_pair):
     prompt = random_tokens(101, batch=1, pos=4)
     calls = []
 
+    to_5 = force_token_hook(model, 5)
+
     def force_token_5(normalized, hook):
-        """Make ln_final's output the direction W_U maps to a logit vector whose largest entry is token 5."""
         calls.append(normalized.shape[1])
-        direction = torch.linalg.lstsq(model.W_U.detach().T, torch.nn.functional.one_hot(
-            torch.tensor(5), model.cfg.d_vocab).float() * 100).solution
-        return direction.expand_as(normalized).clone()
+        return to_5(normalized, hook)
 
     plain = model.generate(prompt, max_new_tokens=3)
     with model.hooks([("ln_final.hook_normalized", force_token_5)]):

@@ -44,6 +44,10 @@ class HeadScores:
             raise KeyError(f"No {score_type!r} scores; computed: {sorted(self.scores)}.")
         return self.scores[score_type]
 
+    def measured(self, score_type: str) -> bool:
+        """Whether any query was scored for `score_type` (else its table is all zeros and means nothing)."""
+        return self.n_queries.get(score_type) != 0
+
     def top_heads(self, score_type: str, k: int = 5) -> list[tuple[int, int, float]]:
         """The k highest-scoring heads as (layer, head, score), best first.
 
@@ -51,7 +55,7 @@ class HeadScores:
         no repeated token): its table is then all zeros, which ranks nothing, so no head is returned.
         """
         table = self[score_type]
-        if self.n_queries.get(score_type) == 0:
+        if not self.measured(score_type):
             return []
         values, flat = table.flatten().topk(min(k, table.numel()))
         return [(int(i) // table.shape[1], int(i) % table.shape[1], float(v)) for v, i in zip(values, flat)]
@@ -83,7 +87,7 @@ class HeadScores:
         """Top heads per score type, and each `[layer, head]` table coloured from 0 (white) to 1."""
         parts = [text_table_html(["score", "top heads"], [(name, self._score_line(name, 5)) for name in self.scores])]
         parts += [head_table_html(table, name, signed=False, vmax=1.0) for name, table in self.scores.items()
-                  if self.n_queries.get(name) != 0]
+                  if self.measured(name)]
         return block_html("; ".join([f"HeadScores: {self._summary()}", *self._loss_lines()]), *parts)
 
 
