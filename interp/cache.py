@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from interp.components import causal_attention_scores, layer_norm_scale
+from interp.components.functional import softmax
 from interp.hooks import unknown_name_error
 from interp.names import act_name
 
@@ -214,10 +214,11 @@ def derivation(model: Model, name: str, selected: Iterable[str]) -> Derivation |
         attn = model.blocks[layer].attn
         if attn.hook_attn_scores.has_hooks or (which == "pattern" and attn.hook_pattern.has_hooks):
             return None
-        sources = [f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"]
+        rotated = f"blocks.{layer}.attn.hook_rot_q" in model.hook_dict  # rotary: scores read the rotated q/k
+        sources = [f"blocks.{layer}.attn.hook_{'rot_' if rotated else ''}{x}" for x in "qk"]
         if which == "attn_scores":
-            return sources, causal_attention_scores
-        return sources, lambda q, k: causal_attention_scores(q, k).softmax(dim=-1)
+            return sources, attn.scores
+        return sources, lambda q, k: softmax(attn.scores(q, k))
     match = _LAYER_NORM.match(name)
     if not match:
         return None
@@ -227,7 +228,8 @@ def derivation(model: Model, name: str, selected: Iterable[str]) -> Derivation |
     else:
         layer, block = int(layer_text), model.blocks[int(layer_text)]
         module = block.ln1 if which_ln == "ln1" else block.ln2
-        source = f"blocks.{layer}.hook_resid_pre" if which_ln == "ln1" else f"blocks.{layer}.hook_resid_mid"
+        parallel = f"blocks.{layer}.hook_resid_mid" not in model.hook_dict  # parallel blocks: ln2 reads resid_pre
+        source = f"blocks.{layer}.hook_resid_pre" if which_ln == "ln1" or parallel else f"blocks.{layer}.hook_resid_mid"
         split = [f"hook_{x}_input" for x in "qkv"]  # per-head copies: ln1 then runs once per head
         if which_ln == "ln1" and (any(getattr(block, n).has_hooks for n in split)
                                   or {f"blocks.{layer}.{n}" for n in split} & set(selected)):
@@ -235,4 +237,4 @@ def derivation(model: Model, name: str, selected: Iterable[str]) -> Derivation |
     if module.hook_scale.has_hooks or module.hook_normalized.has_hooks:
         return None
     index = 0 if part == "scale" else 1
-    return [source], lambda x: layer_norm_scale(x, module.eps)[index]
+    return [source], lambda x: module.scale_and_normalized(x)[index]

@@ -8,6 +8,7 @@ Backward hooks have the same signature and receive the gradient of the activatio
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -38,12 +39,19 @@ class HookPoint:
     """Identity on the activation it is called with, unless hooks are attached.
 
     With no hooks the cost is one attribute check, so every activation can have a hook point.
+    Each point declares the shape of what it sees (`"batch pos d_model"`, in the names of DESIGN.md's
+    table) and whether it is opt-in (hooking it changes how the forward computes, so only an explicit
+    name selects it). The model's hook table is generated from these declarations (`hook_table`).
     """
 
-    __slots__ = ("name", "fwd_hooks", "bwd_hooks")
+    __slots__ = ("name", "shape", "opt_in", "serial", "fwd_hooks", "bwd_hooks")
+    _created = itertools.count()
 
-    def __init__(self) -> None:
+    def __init__(self, shape: str, opt_in: bool = False) -> None:
         self.name = ""  # set by the model that owns it, e.g. "blocks.3.attn.hook_pattern"
+        self.shape = shape
+        self.opt_in = opt_in
+        self.serial = next(HookPoint._created)  # creation order: modules create their points in forward order
         self.fwd_hooks: list[HookFn] = []
         self.bwd_hooks: list[HookFn] = []
 
@@ -100,7 +108,22 @@ class HookPoint:
         return replacement
 
     def __repr__(self) -> str:
-        return f"HookPoint({self.name!r}, fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)})"
+        return f"HookPoint({self.name!r}, [{self.shape}], fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)})"
+
+
+def hook_table(root: Any) -> dict[str, HookPoint]:
+    """Every `HookPoint` held by `root` (an nn.Module) or its submodules, by dotted attribute path, in the
+    order they were created, which is forward order (each module creates its points, and builds its
+    submodules, in the order its forward reaches them). Names each point."""
+    found = {}
+    for prefix, module in root.named_modules():
+        for attribute, value in vars(module).items():
+            if isinstance(value, HookPoint):
+                found[f"{prefix}.{attribute}" if prefix else attribute] = value
+    table = dict(sorted(found.items(), key=lambda item: item[1].serial))
+    for name, point in table.items():
+        point.name = name
+    return table
 
 
 def unknown_name_error(name: str, valid: Iterable[str]) -> KeyError:

@@ -1,4 +1,4 @@
-"""Loading GPT-2 weights, from the hub, a directory, a file or memory: config, state dict and tokenizer.
+"""Loading weights of any supported family (see `interp.adapters`), from the hub, a directory, a file or memory: config, state dict and tokenizer.
 
 Weights are read with safetensors (memory-mapped) or `torch.load(weights_only=True)`: no code is
 ever unpickled. Loading returns data and never imports the model (layers import only downward);
@@ -9,101 +9,31 @@ tensors to it (reshaped as views), so a load holds one copy of the weights, not 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from interp import adapters
 from interp.config import Config
 from interp.files import read_json
 
 DATA_DIR = Path(__file__).parent / "data"
-BUNDLED_MODELS = {"interp-toy": DATA_DIR / "interp-toy"}
+BUNDLED_MODELS = {"interp-toy": DATA_DIR / "interp-toy", "interp-toy-llama": DATA_DIR / "interp-toy-llama"}
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
-HUB_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt",
-             "tokenizer_config.json", "special_tokens_map.json"]
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt",
+             "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"]
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth")
 SHARD_INDEX = "model.safetensors.index.json"
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "special_tokens_map.json")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
-# The one name-mapping table: transformers GPT-2 name -> (interp name, reshape). D = d_model, M = d_mlp.
-Reshape = Callable[[Tensor, Config], Tensor]
-_keep: Reshape = lambda tensor, cfg: tensor  # noqa: E731
-GLOBAL_NAMES: dict[str, tuple[str, Reshape]] = {
-    "wte.weight": ("W_E", _keep),  # [d_vocab, D]
-    "wpe.weight": ("W_pos", _keep),  # [n_ctx, D]
-    "ln_f.weight": ("ln_final.w", _keep),
-    "ln_f.bias": ("ln_final.b", _keep),
-    "lm_head.weight": ("W_U", lambda t, cfg: t.T),  # [d_vocab, D] -> [D, d_vocab]
-}
-LAYER_NAMES: dict[str, tuple[str, Reshape]] = {
-    "ln_1.weight": ("ln1.w", _keep),
-    "ln_1.bias": ("ln1.b", _keep),
-    "attn.c_attn.weight": ("attn.W_QKV", lambda t, cfg: t.view(cfg.d_model, 3, cfg.n_heads, cfg.d_head)),
-    "attn.c_attn.bias": ("attn.b_QKV", lambda t, cfg: t.view(3, cfg.n_heads, cfg.d_head)),
-    "attn.c_proj.weight": ("attn.W_O", lambda t, cfg: t.view(cfg.n_heads, cfg.d_head, cfg.d_model)),
-    "attn.c_proj.bias": ("attn.b_O", _keep),
-    "ln_2.weight": ("ln2.w", _keep),
-    "ln_2.bias": ("ln2.b", _keep),
-    "mlp.c_fc.weight": ("mlp.W_in", _keep),  # [D, M]
-    "mlp.c_fc.bias": ("mlp.b_in", _keep),
-    "mlp.c_proj.weight": ("mlp.W_out", _keep),  # [M, D]
-    "mlp.c_proj.bias": ("mlp.b_out", _keep),
-}
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old checkpoints
-
-
-def hf_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor a `transformers` GPT-2 checkpoint of this config holds."""
-    d, m = cfg.d_model, cfg.d_mlp
-    shapes = {"wte.weight": (cfg.d_vocab, d), "wpe.weight": (cfg.n_ctx, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (cfg.d_vocab, d)
-    per_layer = {"ln_1.weight": (d,), "ln_1.bias": (d,), "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
-                 "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,), "ln_2.weight": (d,), "ln_2.bias": (d,),
-                 "mlp.c_fc.weight": (d, m), "mlp.c_fc.bias": (m,), "mlp.c_proj.weight": (m, d), "mlp.c_proj.bias": (d,)}
-    for layer in range(cfg.n_layers):
-        shapes.update({f"h.{layer}.{name}": shape for name, shape in per_layer.items()})
-    return shapes
-
-
 def convert_hf_state_dict(hf_state: dict[str, Tensor], cfg: Config) -> dict[str, Tensor]:
-    """Map a `transformers` GPT-2 state dict to interp names, checking every name and shape.
-
-    Raises ValueError naming every missing, unexpected or mis-shaped tensor (with both shapes).
-    """
-    state = {key.removeprefix("transformer."): value for key, value in hf_state.items()
-             if not key.endswith(IGNORED_SUFFIXES)}
-    if cfg.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # tied: the unembedding is W_E transposed
-    expected = hf_shapes(cfg)
-    problems = [f"missing {name} (expected shape {shape})" for name, shape in expected.items() if name not in state]
-    problems += [f"unexpected {name} {tuple(state[name].shape)}" for name in state if name not in expected]
-    problems += [f"{name}: checkpoint has shape {tuple(state[name].shape)}, config expects {shape}"
-                 for name, shape in expected.items() if name in state and tuple(state[name].shape) != shape]
-    if problems:
-        listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(f"The weights do not match the config (n_layers={cfg.n_layers}, d_model={cfg.d_model}, "
-                         f"n_heads={cfg.n_heads}, d_mlp={cfg.d_mlp}, d_vocab={cfg.d_vocab}, n_ctx={cfg.n_ctx}):\n  "
-                         f"{listed}\nPass the config.json saved with these weights.")
-    converted: dict[str, Tensor] = {}
-    for name, tensor in state.items():
-        if name.startswith("h."):
-            _, layer, suffix = name.split(".", 2)
-            target, reshape = LAYER_NAMES[suffix]
-            converted[f"blocks.{layer}.{target}"] = reshape(tensor, cfg)
-        else:
-            target, reshape = GLOBAL_NAMES[name]
-            converted[target] = reshape(tensor, cfg)
-    if cfg.tie_word_embeddings:
-        converted["W_U"] = converted["W_E"].T  # a view: tied weights stay one tensor
-    reference = converted["W_E"]
-    converted["b_U"] = torch.zeros(cfg.d_vocab, dtype=reference.dtype, device=reference.device)
-    return converted
+    """Map a `transformers` state dict of the config's family to interp names (see `interp.adapters`), checking
+    every name and shape. Raises ValueError naming every missing, unexpected or mis-shaped tensor."""
+    return adapters.to_interp(hf_state, cfg)
 
 
 class Loaded(NamedTuple):
@@ -116,20 +46,20 @@ class Loaded(NamedTuple):
 
 def load_weights(source: Any, *, tokenizer: Any = None, config: Any = None, device: Any = None,
                  dtype: torch.dtype | str | None = None) -> Loaded:
-    """Config, interp-named state dict and tokenizer of a GPT-2-family checkpoint.
+    """Config, interp-named state dict and tokenizer of a checkpoint of a supported family (`interp.adapters`).
 
     source: a bundled name ("interp-toy"), a hub id ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl",
     "distilgpt2" or "org/name"), a `save_pretrained` directory, a `.safetensors`/`.bin` file (its
     config from `config=` or a config.json beside it), or an in-memory `transformers` GPT-2 model
     (its weights are copied; the transformers model is left untouched).
-    config: a `Config`, `transformers.GPT2Config`, dict or path to config.json. dtype: fp32/bf16/fp16.
+    config: a `Config`, a `transformers` config (GPT2Config, LlamaConfig, ...), dict or path to config.json. dtype: fp32/bf16/fp16.
     """
     return _load_raw(source, tokenizer, config, device, _dtype(dtype))
 
 
-def processing_steps(process: bool, **flags: bool | None) -> dict[str, bool]:
-    """The processing steps to apply: `process` for each step, unless its own flag says otherwise."""
-    return {step: process if flag is None else flag for step, flag in flags.items()}
+def processing_steps(process: bool, **flags: bool | None) -> dict[str, bool | None]:
+    """The processing flags to pass on: a step's own flag, else None (= where valid) with `process`, else False."""
+    return {step: (None if process else False) if flag is None else flag for step, flag in flags.items()}
 
 
 def _load_raw(source: Any, tokenizer: Any, config: Any, device: Any, dtype: torch.dtype | None) -> Loaded:
@@ -156,7 +86,8 @@ def _load_raw(source: Any, tokenizer: Any, config: Any, device: Any, dtype: torc
         weights_file = path
         config_source = config or path.parent / "config.json"
         if not config and not Path(config_source).exists():
-            raise ValueError(f"No config for {path}: pass config=GPT2Config(...) or a config.json path, "
+            raise ValueError(f"No config for {path}: pass config= (a transformers config such as GPT2Config(...), or a "
+                             "config.json path), "
                              f"or put config.json beside the weights.")
         cfg = _config(config_source, name)
     return _finish(cfg, read_weights(weights_file), tokenizer, device, dtype, str(weights_file))
@@ -267,7 +198,7 @@ def _config(source: Any, model_name: str) -> Config:
         if not isinstance(source, dict):
             raise ValueError(f"The config file {path_text} holds {type(source).__name__}, not a JSON object; "
                              "pass the config.json saved with these weights.")
-    return Config.from_hf(source if isinstance(source, dict) else source.to_dict(), model_name=model_name)
+    return adapters.config_from_hf(source, model_name=model_name)
 
 
 def _weights_file(directory: Path) -> Path:
@@ -338,6 +269,6 @@ def _from_hub(name: str) -> Path:
         raise OSError(
             f"Could not get {name!r} from the Hugging Face Hub ({type(error).__name__}). Without network access, "
             f"pass a local directory instead: on a machine with access run "
-            f"GPT2LMHeadModel.from_pretrained({name!r}).save_pretrained('DIR') (and the tokenizer), copy DIR here, "
+            f"AutoModelForCausalLM.from_pretrained({name!r}).save_pretrained('DIR') (and the tokenizer), copy DIR here, "
             f"then HookedTransformer.from_pretrained('DIR')."
         ) from error

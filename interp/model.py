@@ -1,7 +1,8 @@
-"""`HookedTransformer`: GPT-2 in readable PyTorch, with a named hook point at every activation.
+"""`HookedTransformer`: a decoder-only transformer in readable PyTorch, with a named hook point at every activation.
 
-Numerically it equals `transformers.GPT2LMHeadModel` on the same weights (tested to 1e-5 in
-log-probabilities); hook names and weight names follow TransformerLens.
+Numerically it equals the `transformers` model of each supported family (GPT-2, GPT-NeoX, Llama, Mistral,
+Qwen2) on the same weights (tested to 1e-5 in log-probabilities); hook names and weight names follow
+TransformerLens.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from interp import loading as loading_module
 from interp import processing as processing_module
 from interp import tokens as tokens_module
 from interp.cache import ActivationCache, derivation
-from interp.components import Block, LayerNorm, affine
+from interp.components import Block, affine, factory
 from interp.config import Config
 from interp.factored import FactoredMatrix
-from interp.hooks import HookFn, HookPoint, NamesFilter, attached, resolve_names, unknown_name_error
+from interp.hooks import HookFn, HookPoint, NamesFilter, attached, hook_table, resolve_names, unknown_name_error
 
 ModelInput = Union[str, list[str], Tensor, list[int], list[list[int]]]
 ReturnType = Literal["logits", "loss", "both", None]
@@ -31,7 +32,8 @@ HookList = Iterable[tuple[Union[str, Callable[[str], bool]], HookFn]]
 
 
 class HookedTransformer(nn.Module):
-    """A GPT-2-architecture language model whose every activation is a named `HookPoint`.
+    """A decoder-only language model (GPT-2, GPT-NeoX/Pythia, Llama, Mistral, Qwen2) whose every activation is a
+    named `HookPoint`. The pieces are chosen once, from the Config, by `interp.components.factory`.
 
     Load weights with `HookedTransformer.from_pretrained(...)`; see `interp.loading`.
     """
@@ -41,21 +43,21 @@ class HookedTransformer(nn.Module):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
-        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_final = LayerNorm(cfg.d_model, cfg.eps)
+        self.hook_embed = HookPoint("batch pos d_model")
+        if factory.learned_positions(cfg):
+            self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+            self.hook_pos_embed = HookPoint("batch pos d_model")
+            self._embed = _token_and_position_embedding
+        else:  # rotary: positions act inside attention, nothing is added to the residual stream
+            self._embed = _token_embedding
+        self.blocks = nn.ModuleList(factory.blocks(cfg))
+        self.ln_final = factory.norm(cfg)()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.processing: dict[str, bool] = {step: False for step in processing_module.STEPS}
-        self.hook_dict: dict[str, HookPoint] = {}
-        for name in hook_names_table.all_hook_names(cfg.n_layers):
-            point = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
-            self.hook_dict[name] = getattr(point, name.rpartition(".")[2])
-            self.hook_dict[name].name = name
+        self.hook_dict: dict[str, HookPoint] = hook_table(self)
         # Hooking these changes how a block computes: only an explicit name turns them on, never a predicate.
-        self.opt_in_names = frozenset(name for name in self.hook_dict if hook_names_table.is_opt_in(name))
+        self.opt_in_names = frozenset(name for name, point in self.hook_dict.items() if point.opt_in)
 
     # ----- hooks -----------------------------------------------------------------------------
     def hook_names(self) -> list[str]:
@@ -64,6 +66,10 @@ class HookedTransformer(nn.Module):
 
     def hook_points(self) -> dict[str, HookPoint]:
         return dict(self.hook_dict)
+
+    def hook_shapes(self) -> dict[str, str]:
+        """Every hook name and the shape of what it sees, as declared by its module (e.g. "batch pos n_kv_heads d_head")."""
+        return {name: point.shape for name, point in self.hook_dict.items()}
 
     def hook_point(self, name: str) -> HookPoint:
         if name not in self.hook_dict:
@@ -113,12 +119,10 @@ class HookedTransformer(nn.Module):
                              f"k runs blocks [0, k), and a negative k counts from the end as in a slice.")
         if return_type in ("loss", "both") and tokens.shape[1] < 2:
             raise ValueError("The loss needs at least 2 tokens per sequence (it predicts token i+1 from i).")
-        residual = self.hook_embed(F.embedding(tokens, self.W_E))
-        # A gather, not a slice of W_pos: a hook may edit its input in place, and must never reach the weights.
-        position_ids = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
-        residual = residual + self.hook_pos_embed(F.embedding(position_ids, self.W_pos))
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+        residual = self._embed(self, tokens, positions)
         for block in self.blocks[:stop_at_layer]:
-            residual = block(residual)
+            residual = block(residual, positions)
         if stop_at_layer is not None:
             return residual
         if return_type is None:  # ln_final runs only if its hooks want to see it; no unembedding
@@ -186,7 +190,7 @@ class HookedTransformer(nn.Module):
             roots.append(activation.detach().requires_grad_(True))  # gradients flow from here, not into weights
             return roots[-1]
 
-        root_hooks = [("hook_embed", make_root), ("hook_pos_embed", make_root)]
+        root_hooks = [(name, make_root) for name in ("hook_embed", "hook_pos_embed") if name in self.hook_dict]
         with torch.enable_grad(), self.hooks(root_hooks + fwd_hooks, [(name, save_grad) for name in selected]):
             output = self(input, return_type=return_type, stop_at_layer=stop_at_layer, **forward_kwargs)
             scalar = output[1] if return_type == "both" else output
@@ -288,15 +292,21 @@ class HookedTransformer(nn.Module):
         return self
 
     W_Q = property(lambda self: self._stack(lambda b: b.attn.W_Q), doc="[layer, n_heads, d_model, d_head]")
-    W_K = property(lambda self: self._stack(lambda b: b.attn.W_K), doc="[layer, n_heads, d_model, d_head]")
-    W_V = property(lambda self: self._stack(lambda b: b.attn.W_V), doc="[layer, n_heads, d_model, d_head]")
+    W_K = property(lambda self: self._stack(lambda b: b.attn.W_K),
+                   doc="[layer, n_heads, d_model, d_head]: per query head (GQA: each kv head repeated; see W_K_kv)")
+    W_V = property(lambda self: self._stack(lambda b: b.attn.W_V),
+                   doc="[layer, n_heads, d_model, d_head]: per query head (GQA: each kv head repeated; see W_V_kv)")
+    W_K_kv = property(lambda self: self._stack(lambda b: b.attn.W_K_kv), doc="[layer, n_kv_heads, d_model, d_head]")
+    W_V_kv = property(lambda self: self._stack(lambda b: b.attn.W_V_kv), doc="[layer, n_kv_heads, d_model, d_head]")
     W_O = property(lambda self: self._stack(lambda b: b.attn.W_O), doc="[layer, n_heads, d_head, d_model]")
     b_Q = property(lambda self: self._stack(lambda b: b.attn.b_Q), doc="[layer, n_heads, d_head]")
-    b_K = property(lambda self: self._stack(lambda b: b.attn.b_K), doc="[layer, n_heads, d_head]")
-    b_V = property(lambda self: self._stack(lambda b: b.attn.b_V), doc="[layer, n_heads, d_head]")
+    b_K = property(lambda self: self._stack(lambda b: b.attn.b_K), doc="[layer, n_heads, d_head] (per query head)")
+    b_V = property(lambda self: self._stack(lambda b: b.attn.b_V), doc="[layer, n_heads, d_head] (per query head)")
     b_O = property(lambda self: self._stack(lambda b: b.attn.b_O), doc="[layer, d_model]")
-    W_in = property(lambda self: self._stack(lambda b: b.mlp.W_in), doc="[layer, d_model, d_mlp]")
+    W_in = property(lambda self: self._stack(lambda b: b.mlp.W_in), doc="[layer, d_model, d_mlp] (gated: the linear branch)")
     b_in = property(lambda self: self._stack(lambda b: b.mlp.b_in), doc="[layer, d_mlp]")
+    W_gate = property(lambda self: self._stack(lambda b: _gated(b).W_gate), doc="[layer, d_model, d_mlp] (gated MLPs only)")
+    b_gate = property(lambda self: self._stack(lambda b: _gated(b).b_gate), doc="[layer, d_mlp] (gated MLPs only)")
     W_out = property(lambda self: self._stack(lambda b: b.mlp.W_out), doc="[layer, d_mlp, d_model]")
     b_out = property(lambda self: self._stack(lambda b: b.mlp.b_out), doc="[layer, d_model]")
 
@@ -305,7 +315,9 @@ class HookedTransformer(nn.Module):
     def QK(self) -> FactoredMatrix:
         """Every head's W_QK = W_Q W_Kᵀ as a `FactoredMatrix` `[layer, head, d_model, d_model]` (rank <= d_head):
         the bilinear form `x_query @ W_QK @ x_keyᵀ` that gives the attention score (before 1/sqrt(d_head)
-        and biases). `interp.analysis.circuits.qk_circuit` selects layers and heads of it."""
+        and biases). Per query head (GQA: the shared key factor repeated). On rotary models it leaves out the
+        rotation, which makes the score depend on the relative position too. `interp.analysis.circuits.qk_circuit`
+        selects layers and heads of it."""
         return FactoredMatrix(self.W_Q, self.W_K.transpose(-1, -2))
 
     @property
@@ -315,10 +327,11 @@ class HookedTransformer(nn.Module):
         what a head writes to the residual stream per unit of attention to a source vector `x` (`x @ W_OV`)."""
         return FactoredMatrix(self.W_V, self.W_O)
 
-    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
-                         center_unembed: bool = True, fold_value_biases: bool = True) -> HookedTransformer:
-        """Fold LayerNorms, centre writing weights and the unembedding, fold value biases (each
-        optional; outputs unchanged, see `interp.processing`). Recorded in `self.processing`."""
+    def process_weights_(self, fold_ln: bool | None = None, center_writing_weights: bool | None = None,
+                         center_unembed: bool | None = None, fold_value_biases: bool | None = None) -> HookedTransformer:
+        """Fold norms, centre writing weights and the unembedding, fold value biases (outputs unchanged, see
+        `interp.processing`). None: each step where valid for this architecture (RMSNorm models skip
+        center_writing_weights); True insists (and raises where invalid); False skips. Recorded in `self.processing`."""
         return processing_module.process_weights_(self, fold_ln, center_writing_weights, center_unembed,
                                                   fold_value_biases)
 
@@ -327,17 +340,17 @@ class HookedTransformer(nn.Module):
                         dtype: torch.dtype | str | None = None, process: bool = False, fold_ln: bool | None = None,
                         center_writing_weights: bool | None = None, center_unembed: bool | None = None,
                         fold_value_biases: bool | None = None) -> HookedTransformer:
-        """Load GPT-2 weights: a hub id, a local directory, a `.safetensors` file, a `transformers` model,
-        or a bundled model such as "interp-toy" (see `interp.loading.load_weights` for sources, `config=`,
-        `dtype=`). Raw weights (equal to `transformers`) unless `process=True` (every step of
-        `interp.processing`) or one of `fold_ln=`, `center_writing_weights=`, `center_unembed=`,
+        """Load a supported family's weights (GPT-2, GPT-NeoX/Pythia, Llama, Mistral, Qwen2): a hub id, a local
+        directory, a `.safetensors` file, a `transformers` model, or a bundled model such as "interp-toy" (see
+        `interp.loading.load_weights` for sources, `config=`, `dtype=`). Raw weights (equal to `transformers`)
+        unless `process=True` (every step of `interp.processing` valid for the architecture) or one of `fold_ln=`, `center_writing_weights=`, `center_unembed=`,
         `fold_value_biases=` (each overrides `process`). Builds an instance of `cls`."""
         loaded = loading_module.load_weights(name_or_model, tokenizer=tokenizer, config=config, device=device,
                                              dtype=dtype)
         model = cls.from_state_dict(loaded.cfg, loaded.state, loaded.tokenizer)
         steps = loading_module.processing_steps(process, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                                                 center_unembed=center_unembed, fold_value_biases=fold_value_biases)
-        return model.process_weights_(**steps) if any(steps.values()) else model
+        return model.process_weights_(**steps) if any(flag is not False for flag in steps.values()) else model
 
     @classmethod
     def from_state_dict(cls, cfg: Config, state: dict[str, Tensor], tokenizer: Any = None) -> HookedTransformer:
@@ -348,8 +361,27 @@ class HookedTransformer(nn.Module):
         return model.eval()
 
     def __repr__(self) -> str:
-        return f"HookedTransformer({self.cfg.model_name!r}, n_layers={self.cfg.n_layers}, " \
-               f"n_heads={self.cfg.n_heads}, d_model={self.cfg.d_model}, d_vocab={self.cfg.d_vocab})"
+        heads = f"n_heads={self.cfg.n_heads}" + (f", n_kv_heads={self.cfg.n_kv_heads}"
+                                                 if self.cfg.n_kv_heads != self.cfg.n_heads else "")
+        return f"HookedTransformer({self.cfg.model_name!r}, {self.cfg.model_type}, n_layers={self.cfg.n_layers}, " \
+               f"{heads}, d_model={self.cfg.d_model}, d_vocab={self.cfg.d_vocab})"
+
+
+def _token_embedding(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch pos"]
+                     ) -> Float[Tensor, "batch pos d_model"]:
+    return model.hook_embed(F.embedding(tokens, model.W_E))
+
+
+def _token_and_position_embedding(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
+                                  positions: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+    # A gather, not a slice of W_pos: a hook may edit its input in place, and must never reach the weights.
+    return model.hook_embed(F.embedding(tokens, model.W_E)) + model.hook_pos_embed(F.embedding(positions, model.W_pos))
+
+
+def _gated(block: Block) -> Any:
+    if not hasattr(block.mlp, "W_gate"):
+        raise AttributeError("W_gate exists only on gated MLPs (Llama, Mistral, Qwen2); this model's MLP is not gated.")
+    return block.mlp
 
 
 def next_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],

@@ -5,18 +5,20 @@ Each step is a pure function `state dict -> new state dict` (interp parameter na
 replaced rather than silently changed. `process_weights_(model, ...)` applies them to a model and
 records what it carries in `model.processing`. Arithmetic is in float64, cast back to the model's dtype.
 
-- `fold_ln`: each LayerNorm's gain w and bias b move into the weights that read its output
-  (W_Q/W_K/W_V and their biases, W_in/b_in, W_U/b_U): `(n * w + b) @ W + c = n @ (diag(w) W) + (b @ W + c)`.
-  The LayerNorm is left as a pure normalisation (centre, divide by `hook_scale`, which is unchanged).
-  The folded reading weights are also centred over d_model: the normalised input has zero mean, so
-  the all-ones direction of a reading weight reads nothing.
+- `fold_ln`: each norm's gain w and bias b move into the weights that read its output
+  (W_Q/W_K/W_V and their biases, W_in/b_in and W_gate/b_gate, W_U/b_U): `(n * w + b) @ W + c = n @ (diag(w) W) + (b @ W + c)`.
+  The norm is left as a pure normalisation (its `folded()` form: divide by `hook_scale`, which is unchanged).
+  LayerNorm's folded reading weights are also centred over d_model: its normalised output has zero mean, so
+  the all-ones direction of a reading weight reads nothing. RMSNorm has no bias and does not centre: only
+  its gain moves, nothing is centred.
 - `center_writing_weights`: subtract the mean over d_model from everything that writes to the residual
   stream (W_E, W_pos, W_O, b_O, W_out, b_out). Legal because every reader is a LayerNorm, which
-  removes the mean first. The residual stream changes by a multiple of the all-ones vector.
+  removes the mean first. The residual stream changes by a multiple of the all-ones vector. Refused for
+  RMSNorm models (Llama, Mistral, Qwen2), whose norms do not remove the mean.
 - `center_unembed`: subtract the mean over the vocabulary from W_U and b_U. Logits change by a
   per-position constant; `log_softmax` (and every probability and loss) is unchanged.
-- `fold_value_biases`: b_V moves through W_O into b_O (`b_O += Σ_h b_V[h] @ W_O[h]`), exact because
-  each attention pattern row sums to 1. `hook_v` and `hook_z` change by the bias; outputs don't.
+- `fold_value_biases`: b_V moves through W_O into b_O (`b_O += Σ_h b_V[h] @ W_O[h]`, each query head with its
+  kv head's b_V under grouped-query attention), exact because each attention pattern row sums to 1. `hook_v` and `hook_z` change by the bias; outputs don't.
 
 All four are idempotent: applying a step twice gives the same weights as applying it once, and
 `process_weights_` skips steps the model already carries.
@@ -44,27 +46,34 @@ def _in64(tensor: Tensor) -> Tensor:
     return tensor.detach().to(torch.float64)
 
 
-def _fold_into(state: State, ln: str, weight: str, bias: str) -> None:
-    """Fold LayerNorm `ln` (w, b) into the reading `weight` `[d_model, ...]` and its `bias` `[...]`."""
-    gain, ln_bias = state.pop(f"{ln}.w"), state.pop(f"{ln}.b")
-    W, c = _in64(state[weight]), _in64(state[bias])
-    new_bias = c + einops.einsum(_in64(ln_bias), W, "d_model, d_model ... -> ...")
-    new_W = _in64(gain).view(-1, *[1] * (W.ndim - 1)) * W
-    new_W = new_W - new_W.mean(0, keepdim=True)
-    state[weight], state[bias] = new_W.to(state[weight].dtype), new_bias.to(state[bias].dtype)
+def _fold_into(state: State, ln: str, readers: list[tuple[str, str]], centre: bool) -> None:
+    """Fold norm `ln`'s gain w (and bias b, if it has one) into each reading `(weight [d_model, ...], bias [...])`.
+    With `centre` (LayerNorm) the folded weights are also centred over d_model: the input they read has zero mean."""
+    gain, ln_bias = state.pop(f"{ln}.w"), state.pop(f"{ln}.b", None)
+    for weight, bias in readers:
+        W, c = _in64(state[weight]), _in64(state[bias])
+        new_W = _in64(gain).view(-1, *[1] * (W.ndim - 1)) * W
+        if ln_bias is not None:
+            c = c + einops.einsum(_in64(ln_bias), W, "d_model, d_model ... -> ...")
+        if centre:
+            new_W = new_W - new_W.mean(0, keepdim=True)
+        state[weight], state[bias] = new_W.to(state[weight].dtype), c.to(state[bias].dtype)
 
 
 def fold_ln(state: State, cfg: Config) -> State:
-    """Fold every LayerNorm's gain and bias into the weights that read from it (see module doc)."""
+    """Fold every norm's gain (and LayerNorm's bias) into the weights that read from it (see module doc).
+    RMSNorm has no bias and does not centre, so only its gain moves and nothing is centred."""
     state = dict(state)
+    centre = cfg.normalization == "LN"
+    mlp_readers = [("mlp.W_gate", "mlp.b_gate"), ("mlp.W_in", "mlp.b_in")] if cfg.gated_mlp else [("mlp.W_in", "mlp.b_in")]
     for layer in range(cfg.n_layers):
         block = f"blocks.{layer}"
         if f"{block}.ln1.w" in state:
-            _fold_into(state, f"{block}.ln1", f"{block}.attn.W_QKV", f"{block}.attn.b_QKV")
+            _fold_into(state, f"{block}.ln1", [(f"{block}.attn.W_QKV", f"{block}.attn.b_QKV")], centre)
         if f"{block}.ln2.w" in state:
-            _fold_into(state, f"{block}.ln2", f"{block}.mlp.W_in", f"{block}.mlp.b_in")
+            _fold_into(state, f"{block}.ln2", [(f"{block}.{w}", f"{block}.{b}") for w, b in mlp_readers], centre)
     if "ln_final.w" in state:
-        _fold_into(state, "ln_final", "W_U", "b_U")
+        _fold_into(state, "ln_final", [("W_U", "b_U")], centre)
     return state
 
 
@@ -74,10 +83,16 @@ def _centered(tensor: Tensor, dim: int) -> Tensor:
 
 
 def center_writing_weights(state: State, cfg: Config) -> State:
-    """Subtract the mean over d_model from W_E, W_pos and every W_O, b_O, W_out, b_out."""
+    """Subtract the mean over d_model from W_E, W_pos (if learned) and every W_O, b_O, W_out, b_out.
+    Refused for RMSNorm models: RMSNorm does not remove the mean, so centring would change every output."""
+    if cfg.normalization != "LN":
+        raise ValueError("center_writing_weights needs LayerNorm, which removes the mean of the residual stream; "
+                         f"this {cfg.model_type} model uses RMSNorm, which does not, so centring what writes to the "
+                         "residual stream would change its outputs. Use center_writing_weights=False.")
     state = dict(state)
-    writers = ["W_E", "W_pos"] + [f"blocks.{layer}.{name}" for layer in range(cfg.n_layers)
-                                  for name in ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")]
+    writers = [name for name in ("W_E", "W_pos") if name in state]
+    writers += [f"blocks.{layer}.{name}" for layer in range(cfg.n_layers)
+                for name in ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")]
     for name in writers:
         state[name] = _centered(state[name], -1)  # d_model is the last dim of each
     return state
@@ -91,14 +106,18 @@ def center_unembed(state: State, cfg: Config) -> State:
 
 
 def fold_value_biases(state: State, cfg: Config) -> State:
-    """Move b_V into b_O: `b_O += Σ_h b_V[h] @ W_O[h]`, then b_V = 0."""
+    """Move b_V into b_O: `b_O += Σ_h b_V[kv(h)] @ W_O[h]` (kv(h) = h // group under grouped-query attention),
+    then b_V = 0. Exact because every pattern row sums to 1 (sliding windows included)."""
     state = dict(state)
+    group = cfg.n_heads // cfg.n_kv_heads
     for layer in range(cfg.n_layers):
         prefix = f"blocks.{layer}.attn"
-        b_QKV, W_O = state[f"{prefix}.b_QKV"], state[f"{prefix}.W_O"]  # [3, n_heads, d_head], [n_heads, d_head, d_model]
-        moved = einops.einsum(_in64(b_QKV[2]), _in64(W_O), "n_heads d_head, n_heads d_head d_model -> d_model")
+        b_QKV, W_O = state[f"{prefix}.b_QKV"], state[f"{prefix}.W_O"]  # [n_heads + 2 n_kv, d_head], [n_heads, d_head, d_model]
+        b_V = b_QKV[cfg.n_heads + cfg.n_kv_heads:].repeat_interleave(group, dim=0)  # [n_heads, d_head]
+        moved = einops.einsum(_in64(b_V), _in64(W_O), "n_heads d_head, n_heads d_head d_model -> d_model")
         state[f"{prefix}.b_O"] = (_in64(state[f"{prefix}.b_O"]) + moved).to(W_O.dtype)
-        state[f"{prefix}.b_QKV"] = torch.cat([b_QKV[:2], torch.zeros_like(b_QKV[2:])])
+        kept = cfg.n_heads + cfg.n_kv_heads
+        state[f"{prefix}.b_QKV"] = torch.cat([b_QKV[:kept], torch.zeros_like(b_QKV[kept:])])
     return state
 
 
@@ -119,31 +138,47 @@ def process_state_dict(state: State, cfg: Config, steps: list[str] | tuple[str, 
     return state
 
 
+def applicable_steps(cfg: Config) -> tuple[str, ...]:
+    """The steps valid for this architecture: all but center_writing_weights for RMSNorm models."""
+    return tuple(step for step in STEPS if step != "center_writing_weights" or cfg.normalization == "LN")
+
+
 @torch.no_grad()
-def process_weights_(model: Model, fold_ln: bool = True, center_writing_weights: bool = True,
-                     center_unembed: bool = True, fold_value_biases: bool = True) -> Model:
+def process_weights_(model: Model, fold_ln: bool | None = None, center_writing_weights: bool | None = None,
+                     center_unembed: bool | None = None, fold_value_biases: bool | None = None) -> Model:
     """Apply the chosen steps to `model` (in place: its parameters are replaced) and record them.
 
+    A flag left None means "yes, where valid for this architecture" (`applicable_steps`); True insists and raises,
+    saying why, where the step is not valid (center_writing_weights on an RMSNorm model); False skips it.
     Steps the model already carries are kept; a carried step that comes after a new one in the
     canonical order (`STEPS`) is applied again after it, e.g. `fold_value_biases` after a new
     `fold_ln` (which moves ln1's bias into b_V). Returns the model.
     """
-    asked = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                  center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+    valid = applicable_steps(model.cfg)
+    asked = {step: step in valid if flag is None else flag for step, flag in flags.items()}
     new = [step for step in STEPS if asked[step] and not model.processing[step]]
     if not new:
         return model
     first = STEPS.index(new[0])
     steps = [step for step in STEPS[first:] if asked[step] or model.processing[step]]
+    if "center_writing_weights" in steps and not all(norm.centres for norm in _norms(model)):
+        center_writing_weights({}, model.cfg)  # raises, saying why (the norms do not remove the mean)
     new_state = process_state_dict(dict(model.state_dict()), model.cfg, steps)
-    if "fold_ln" in steps:
-        for module in [block.ln1 for block in model.blocks] + [block.ln2 for block in model.blocks] + [model.ln_final]:
-            module.w, module.b = None, None
+    if "fold_ln" in steps:  # each norm becomes its folded form (same eps, same hook points)
+        for block in model.blocks:
+            block.ln1, block.ln2 = block.ln1.folded(), block.ln2.folded()
+        model.ln_final = model.ln_final.folded()
     model.load_state_dict(new_state, strict=True, assign=True)
     model.processing = {step: model.processing[step] or step in steps for step in STEPS}
     if model.cfg.tie_word_embeddings and model.W_U.untyped_storage().data_ptr() != model.W_E.untyped_storage().data_ptr():
         model.cfg = dataclasses.replace(model.cfg, tie_word_embeddings=False)  # processing gave W_U its own tensor
     return model
+
+
+def _norms(model: Model) -> list[Any]:
+    return [norm for block in model.blocks for norm in (block.ln1, block.ln2)] + [model.ln_final]
 
 
 def require_processing(model: Model, *steps: str, purpose: str) -> None:

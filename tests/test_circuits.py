@@ -84,9 +84,9 @@ def test_hand_built_copying_head_scores_plus_minus_one(folded):
         model.W_U = torch.nn.Parameter(model.W_E.T.clone())  # unembedding = embeddingᵀ
         projector = torch.linalg.qr(torch.randn(model.cfg.d_model, d_head, generator=torch.Generator().manual_seed(0)))[0]
         attn = model.blocks[1].attn
-        attn.W_QKV[:, 2, 0] = projector  # head 0: W_OV = P Pᵀ, so W_E W_OV W_Eᵀ is positive semi-definite
+        attn.W_V[0] = projector  # (a view of W_QKV) head 0: W_OV = P Pᵀ, so W_E W_OV W_Eᵀ is positive semi-definite
         attn.W_O[0] = projector.T
-        attn.W_QKV[:, 2, 1] = projector  # head 1: its negative
+        attn.W_V[1] = projector  # head 1: its negative
         attn.W_O[1] = -projector.T
     scores = copying_scores(model)
     assert scores[1, 0] > 0.999 and scores[1, 1] < -0.999
@@ -100,7 +100,7 @@ def test_hand_built_composing_pair_beats_the_random_baseline(folded):
     direction = torch.randn(model.cfg.d_model, generator=generator)
     with torch.no_grad():  # layer-0 head 2 writes only along `direction`; layer-1 head 3's queries read only it
         model.blocks[0].attn.W_O[2] = torch.outer(torch.randn(model.cfg.d_head, generator=generator), direction)
-        model.blocks[1].attn.W_QKV[:, 0, 3] = torch.outer(direction, torch.randn(model.cfg.d_head, generator=generator))
+        model.blocks[1].attn.W_Q[3] = torch.outer(direction, torch.randn(model.cfg.d_head, generator=generator))
     assert composition_scores(model, "Q")[0, 2, 1, 3] > 0.999  # rank-1 and aligned: the maximum, 1
     mean, std = composition_baseline(model)
     d_model = model.cfg.d_model
@@ -121,10 +121,10 @@ def test_scaling_queries_and_keys_leaves_qk_and_logits(gpt2_small_pair):
     c = 3.7
     with torch.no_grad():
         for block in scaled.blocks:
-            block.attn.W_QKV[:, 0] *= c
-            block.attn.b_QKV[0] *= c
-            block.attn.W_QKV[:, 1] /= c
-            block.attn.b_QKV[1] /= c
+            block.attn.W_Q.mul_(c)  # views of W_QKV / b_QKV: the edits write through
+            block.attn.b_Q.mul_(c)
+            block.attn.W_K.div_(c)
+            block.attn.b_K.div_(c)
     assert (scaled.W_Q - raw.W_Q).abs().max() > 0.1
     torch.testing.assert_close(scaled.QK[3].AB, raw.QK[3].AB, rtol=1e-4, atol=1e-5)
     tokens = torch.randint(0, raw.cfg.d_vocab, (1, 16), generator=torch.Generator().manual_seed(0))

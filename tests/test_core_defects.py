@@ -15,8 +15,8 @@ from interp.testing import random_hf_gpt2
 
 def test_unknown_activation_raises_instead_of_falling_back_to_relu():
     x = torch.linspace(-3, 3, 13)
-    with pytest.raises(ValueError, match=r"Unknown activation 'silu'.*\['gelu', 'gelu_new', 'relu'\]"):
-        activation("silu", x)
+    with pytest.raises(ValueError, match=r"Unknown activation 'quick_gelu'.*\['gelu', 'gelu_new', 'gelu_pytorch_tanh', 'relu', 'silu'\]"):
+        activation("quick_gelu", x)
     with pytest.raises(ValueError, match="Unknown activation"):
         activation_function("swish")
 

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from conftest import random_tokens, tiny_hf_config
 from interp import Config, HookedTransformer
+from interp import adapters
 from interp.loading import convert_hf_state_dict
 from interp.testing import hf_config, random_hf_gpt2
 from interp.tokens import gpt2_tokenizer
@@ -80,7 +81,7 @@ def test_loaded_views_share_storage_with_fused_weights(saved_dir):
     attn = model.blocks[0].attn
     with torch.no_grad():
         attn.W_K[1, 3, 2] = 123.0
-    assert attn.W_QKV[3, 1, 1, 2] == 123.0  # [d_model, qkv, head, d_head]
+    assert attn.W_QKV[3, model.cfg.n_heads + 1, 2] == 123.0  # [d_model, q heads + k heads + v heads, d_head]
 
 
 def test_real_gpt2_tokenizer_offline():
@@ -96,7 +97,7 @@ def test_directory_with_the_real_gpt2_tokenizer(tmp_path):
     hf_model.save_pretrained(tmp_path)
     gpt2_tokenizer().save_pretrained(tmp_path)
     loaded = HookedTransformer.from_pretrained(tmp_path)
-    assert loaded.tokenizer is not None and loaded.cfg == Config.from_hf(hf_model.config, model_name=str(tmp_path))
+    assert loaded.tokenizer is not None and loaded.cfg == adapters.config_from_hf(hf_model.config, model_name=str(tmp_path))
     tokens = loaded.to_tokens("Hello world")
     assert tokens.tolist() == [[50256, 15496, 995]]
     with torch.no_grad():
@@ -117,7 +118,7 @@ def test_mismatched_state_dict_names_every_tensor_and_both_shapes(saved_dir):
     state["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(32, 99)
     del state["transformer.h.0.ln_1.bias"]
     state["transformer.h.7.attn.extra"] = torch.zeros(3)
-    cfg = Config.from_hf(hf_model.config)
+    cfg = adapters.config_from_hf(hf_model.config)
     with pytest.raises(ValueError) as error:
         convert_hf_state_dict(state, cfg)
     message = str(error.value)
@@ -127,7 +128,7 @@ def test_mismatched_state_dict_names_every_tensor_and_both_shapes(saved_dir):
 
 def test_config_mismatch_on_load(saved_dir, tmp_path):
     hf_model, directory = saved_dir
-    with pytest.raises(ValueError, match="do not match the config"):
+    with pytest.raises(ValueError, match="do not match the gpt2 config"):
         HookedTransformer.from_pretrained(directory / "model.safetensors", config=hf_config(**dict(
             n_layer=2, n_head=4, n_embd=48, n_positions=48, vocab_size=101)))
 
@@ -145,11 +146,11 @@ def test_unknown_model_name_suggests(tmp_path):
 
 def test_unsupported_architecture_is_refused(tmp_path):
     import json
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
-    with pytest.raises(ValueError, match="Unsupported architecture model_type='llama'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    with pytest.raises(ValueError, match=r"Unsupported architecture model_type='bert'.*\['gpt2', 'gpt_neox', 'llama', 'mistral', 'qwen2'\]"):
         HookedTransformer.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
-        Config.from_hf(hf_config(scale_attn_by_inverse_layer_idx=True))
+        adapters.config_from_hf(hf_config(scale_attn_by_inverse_layer_idx=True))
 
 
 def test_config_validation_messages():
@@ -163,7 +164,10 @@ def test_config_validation_messages():
     assert cfg.d_head == 4
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_layers = 3  # frozen: vary a config with dataclasses.replace
-    assert Config.from_hf(cfg.to_hf()) == cfg
+    assert adapters.config_from_hf(adapters.hf_config(cfg)) == cfg
+    with pytest.raises(ValueError, match="n_heads=6 must be a multiple of n_kv_heads=4"):
+        Config(n_layers=1, d_model=12, n_heads=6, n_kv_heads=4, d_mlp=4, d_vocab=5, n_ctx=6)
+    assert Config(n_layers=1, d_model=10, n_heads=3, d_head=7, d_mlp=4, d_vocab=5, n_ctx=6).d_head == 7  # explicit d_head
 
 
 # ----- sharded safetensors ---------------------------------------------------------------------------

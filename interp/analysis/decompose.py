@@ -46,7 +46,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.analysis.stack import ComponentStack, PosSlice
-from interp.components import affine, layer_norm_scale
+from interp.components import affine
 
 # The cache and the model are above this module (the cache's decompose_resid etc. delegate here), so they are
 # not imported: `cache` is an `interp.cache.ActivationCache`, `model` an `interp.model.HookedTransformer`.
@@ -129,7 +129,7 @@ def accumulated_resid(cache: Cache, layer: int | None = None, incl_mid: bool = F
     labels = [label for label, _ in entries]
     components = torch.stack([_read(cache, name, pos_slice) for _, name in entries])
     if apply_ln:
-        components = layer_norm_scale(components, model.ln_final.eps)[1]  # each with its own scale
+        components = model.ln_final.scale_and_normalized(components)[1]  # each with its own scale
         if model.ln_final.w is not None:
             components = components * model.ln_final.w.to(components) + model.ln_final.b.to(components)
     return ComponentStack(components, labels, pos_slice)

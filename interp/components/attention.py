@@ -1,0 +1,187 @@
+"""Causal self-attention: multi-head or grouped-query, learned or rotary positions, full or sliding-window.
+
+Weights use the circuits names (Elhage et al. 2021). Q, K and V are stored fused, `W_QKV`
+`[d_model, n_heads + 2 n_kv_heads, d_head]` (query heads, then key heads, then value heads), so the forward
+is one matrix product; `W_Q` `[n_heads, d_model, d_head]` and `W_K_kv`/`W_V_kv` `[n_kv_heads, d_model, d_head]`
+are views of it (edits write through). Grouped-query attention (Ainslie et al. 2023) shares kv head
+`h // group` among query heads h (group = n_heads // n_kv_heads, as `transformers`' repeat_kv);
+`W_K`/`W_V` give the shared weights repeated per query head, a copy when group > 1.
+
+The forward runs `F.scaled_dot_product_attention` unless `hook_attn_scores` or `hook_pattern` is hooked
+(or cached); only then are scores and pattern materialised, for this layer only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from interp.components.functional import affine, causal_mask, softmax
+from interp.components.positions import Rotary
+from interp.hooks import HookPoint
+
+
+def per_query_head(kv: Float[Tensor, "batch pos n_kv_heads d_head"], n_heads: int
+                   ) -> Float[Tensor, "batch pos n_kv_heads group d_head"]:
+    """A `hook_k`/`hook_v` activation of a grouped-query model as seen by each query head, without a copy: an
+    expanded view where query head h reads `[..., h // group, h % group, :]`. `.flatten(2, 3)` gives
+    `[batch, pos, n_heads, d_head]` (that copies)."""
+    group = n_heads // kv.shape[-2]
+    return kv.unsqueeze(-2).expand(*kv.shape[:-1], group, kv.shape[-1])
+
+
+class Attention(nn.Module):
+    """Causal attention with learned (absolute) positions, added to the residual stream before block 0."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_head: int, window: int | None = None) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.d_head, self.window = n_heads, n_kv_heads, d_head, window
+        self.group = n_heads // n_kv_heads
+        self.W_QKV = nn.Parameter(torch.empty(d_model, n_heads + 2 * n_kv_heads, d_head))
+        self.b_QKV = nn.Parameter(torch.zeros(n_heads + 2 * n_kv_heads, d_head))
+        self.W_O = nn.Parameter(torch.empty(n_heads, d_head, d_model))
+        self.b_O = nn.Parameter(torch.zeros(d_model))
+        self.hook_q = HookPoint("batch pos n_heads d_head")
+        self.hook_k = HookPoint("batch pos n_kv_heads d_head")
+        self.hook_v = HookPoint("batch pos n_kv_heads d_head")
+        self._position_hooks()
+        self.hook_attn_scores = HookPoint("batch n_heads query_pos key_pos")  # masked entries -inf
+        self.hook_pattern = HookPoint("batch n_heads query_pos key_pos")
+        self.hook_z = HookPoint("batch pos n_heads d_head")
+        self.hook_result = HookPoint("batch pos n_heads d_model", opt_in=True)  # per-head outputs
+
+    def _position_hooks(self) -> None:
+        """Hook points between hook_v and hook_attn_scores (none here; rotary adds hook_rot_q/k)."""
+
+    # ----- views of the fused weights, in the circuits layout -----
+    @property
+    def W_Q(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        return self.W_QKV[:, : self.n_heads].transpose(0, 1)
+
+    @property
+    def W_K_kv(self) -> Float[Tensor, "n_kv_heads d_model d_head"]:
+        return self.W_QKV[:, self.n_heads: self.n_heads + self.n_kv_heads].transpose(0, 1)
+
+    @property
+    def W_V_kv(self) -> Float[Tensor, "n_kv_heads d_model d_head"]:
+        return self.W_QKV[:, self.n_heads + self.n_kv_heads:].transpose(0, 1)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "n_heads d_head"]:
+        return self.b_QKV[: self.n_heads]
+
+    @property
+    def b_K_kv(self) -> Float[Tensor, "n_kv_heads d_head"]:
+        return self.b_QKV[self.n_heads: self.n_heads + self.n_kv_heads]
+
+    @property
+    def b_V_kv(self) -> Float[Tensor, "n_kv_heads d_head"]:
+        return self.b_QKV[self.n_heads + self.n_kv_heads:]
+
+    def _per_query_head(self, kv_weight: Tensor) -> Tensor:
+        return kv_weight if self.group == 1 else kv_weight.repeat_interleave(self.group, dim=0)
+
+    @property
+    def W_K(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        """Key weights per query head: a view of W_QKV for multi-head attention, a copy under GQA (edit W_K_kv)."""
+        return self._per_query_head(self.W_K_kv)
+
+    @property
+    def W_V(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        """Value weights per query head: a view for multi-head attention, a copy under GQA (edit W_V_kv)."""
+        return self._per_query_head(self.W_V_kv)
+
+    @property
+    def b_K(self) -> Float[Tensor, "n_heads d_head"]:
+        return self._per_query_head(self.b_K_kv)
+
+    @property
+    def b_V(self) -> Float[Tensor, "n_heads d_head"]:
+        return self._per_query_head(self.b_V_kv)
+
+    @property
+    def needs_pattern(self) -> bool:
+        return self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+
+    # ----- forward -----
+    def forward(self, x: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, "batch pos"]
+                ) -> Float[Tensor, "batch pos d_model"]:
+        qkv = affine(x, self.W_QKV.flatten(1), self.b_QKV.flatten())
+        qkv = qkv.view(*x.shape[:2], -1, self.d_head)  # [batch, pos, n_heads + 2 n_kv_heads, d_head]
+        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
+        return self.attend(q, k, v, positions)
+
+    def forward_per_head_inputs(self, q_input: Float[Tensor, "batch pos n_heads d_model"],
+                                k_input: Float[Tensor, "batch pos n_kv_heads d_model"],
+                                v_input: Float[Tensor, "batch pos n_kv_heads d_model"],
+                                positions: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        """Attention where each head reads its own (already normalised) copy of the residual stream."""
+        q, k, v = (einops.einsum(x, W, "batch pos heads d_model, heads d_model d_head -> batch pos heads d_head") + b
+                   for x, W, b in ((q_input, self.W_Q, self.b_Q), (k_input, self.W_K_kv, self.b_K_kv),
+                                   (v_input, self.W_V_kv, self.b_V_kv)))
+        return self.attend(q, k, v, positions)
+
+    def attend(self, q: Float[Tensor, "batch pos n_heads d_head"], k: Float[Tensor, "batch pos n_kv_heads d_head"],
+               v: Float[Tensor, "batch pos n_kv_heads d_head"], positions: Int[Tensor, "batch pos"]
+               ) -> Float[Tensor, "batch pos d_model"]:
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q, k = self.position_qk(q, k, positions)
+        z = self.hook_z(self._explicit_attention(q, k, v) if self.needs_pattern else self._fused_attention(q, k, v))
+        if not self.hook_result.has_hooks:
+            return affine(z.reshape(*z.shape[:2], -1), self.W_O.flatten(0, 1), self.b_O)
+        result = einops.einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
+        return self.hook_result(result).sum(-2) + self.b_O
+
+    def position_qk(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """q and k as the scores read them: unchanged here (positions were added to the residual stream)."""
+        return q, k
+
+    def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
+        n_query, n_key = q.shape[1], k.shape[1]
+        mask = {"is_causal": True} if self.window is None and n_query == n_key else \
+            {"attn_mask": causal_mask(n_query, n_key, self.window, q.device)}
+        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           enable_gqa=self.group > 1, **mask)
+        return z.transpose(1, 2)
+
+    def scores(self, q: Float[Tensor, "batch query_pos n_heads d_head"], k: Float[Tensor, "batch key_pos n_kv_heads d_head"]
+               ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+        """q·k / sqrt(d_head) per query head (kv head h // group), masked entries -inf: `hook_attn_scores`."""
+        batch, n_query = q.shape[:2]
+        grouped = q.reshape(batch, n_query, self.n_kv_heads, self.group, self.d_head)  # query head = kv * group + g
+        scores = torch.matmul(grouped.permute(0, 2, 3, 1, 4), k.permute(0, 2, 3, 1)[:, :, None])
+        scores = scores.reshape(batch, self.n_heads, n_query, k.shape[1]) / math.sqrt(self.d_head)
+        return scores.masked_fill_(~causal_mask(n_query, k.shape[1], self.window, q.device), float("-inf"))
+
+    def _explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
+        scores = self.hook_attn_scores(self.scores(q, k))
+        pattern = self.hook_pattern(softmax(scores))
+        batch, n_query, n_key = q.shape[0], q.shape[1], k.shape[1]
+        grouped = pattern.view(batch, self.n_kv_heads, self.group, n_query, n_key)
+        z = torch.matmul(grouped, v.permute(0, 2, 1, 3)[:, :, None])  # [batch, n_kv_heads, group, query_pos, d_head]
+        return z.reshape(batch, self.n_heads, n_query, self.d_head).transpose(1, 2)
+
+
+class RotaryAttention(Attention):
+    """Causal attention with rotary positions: q and k are rotated (`hook_rot_q`, `hook_rot_k`) before the
+    scores, so patterns are computed from the rotated q/k; nothing is added to the residual stream."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_head: int, rotary: Rotary,
+                 window: int | None = None) -> None:
+        self.rotary = rotary
+        super().__init__(d_model, n_heads, n_kv_heads, d_head, window)
+
+    def _position_hooks(self) -> None:
+        self.hook_rot_q = HookPoint("batch pos n_heads d_head")
+        self.hook_rot_k = HookPoint("batch pos n_kv_heads d_head")
+
+    def position_qk(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        return self.hook_rot_q(self.rotary(q, positions)), self.hook_rot_k(self.rotary(k, positions))
+
+    def extra_repr(self) -> str:
+        return f"rotary_dim={self.rotary.rotary_dim}, base={self.rotary.base}, window={self.window}"
