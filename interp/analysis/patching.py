@@ -45,7 +45,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp import names
 from interp.display import MAX_HTML_CELLS, block_html, format_number, table_html, text_table_html
 from interp.hooks import HookFn, HookPoint
 from interp.model import HookedTransformer
@@ -61,8 +60,8 @@ HookList = Sequence[tuple[str, HookFn]]
 class Site:
     """One activation to patch: a hook name, optionally one position and/or one head of it.
 
-    `pos` indexes the hook's `pos` (or `query_pos`) axis and `head` its `n_heads` axis, as listed
-    in `interp.names`; None patches the whole axis.
+    `pos` indexes the hook's `pos` (or `query_pos`) axis and `head` its `n_heads` (or, for a grouped-query
+    model's hook_k/hook_v, `n_kv_heads`) axis, as `model.hook_shapes()` lists them; None patches the whole axis.
     """
 
     hook_name: str
@@ -207,18 +206,17 @@ def _row_metrics(metric: Metric, logits: Tensor, n_rows: int) -> list[float]:
     return [float(scalar_metric(metric, logits[i * rows:(i + 1) * rows])) for i in range(n_rows)]
 
 
-def _axes(hook_name: str) -> tuple[int | None, int | None]:
-    """The hook's position axis and head axis (None if it has none), from `interp.names`."""
-    suffix = hook_name.split(".", 2)[2] if hook_name.startswith("blocks.") else hook_name
-    shape = {**names.EMBED_HOOKS, **names.BLOCK_HOOKS, **names.FINAL_HOOKS}[suffix].split()
+def _axes(point: HookPoint) -> tuple[int | None, int | None]:
+    """The hook's position axis and head axis (n_heads or n_kv_heads; None if it has none), from its declared shape."""
+    shape = point.shape.split()
     pos_axis = next((shape.index(a) for a in ("pos", "query_pos") if a in shape), None)
-    return pos_axis, (shape.index("n_heads") if "n_heads" in shape else None)
+    return pos_axis, next((shape.index(a) for a in ("n_heads", "n_kv_heads") if a in shape), None)
 
 
-def _index(site: Site, ndim: int) -> tuple:
-    """Index of the site's slice of an activation, batch axis excluded."""
+def _index(point: HookPoint, site: Site, ndim: int) -> tuple:
+    """Index of the site's slice of an activation seen by `point`, batch axis excluded."""
     index: list[Any] = [slice(None)] * (ndim - 1)
-    pos_axis, head_axis = _axes(site.hook_name)
+    pos_axis, head_axis = _axes(point)
     for axis, value in ((pos_axis, site.pos), (head_axis, site.head)):
         if value is not None:
             index[axis - 1] = value
@@ -226,9 +224,10 @@ def _index(site: Site, ndim: int) -> tuple:
 
 
 def _check_site(model: HookedTransformer, site: Site, n_pos: int) -> None:
-    model.hook_point(site.hook_name)  # KeyError with suggestions if the name is unknown
-    pos_axis, head_axis = _axes(site.hook_name)
-    for what, value, axis, size in (("pos", site.pos, pos_axis, n_pos), ("head", site.head, head_axis, model.cfg.n_heads)):
+    point = model.hook_point(site.hook_name)  # KeyError with suggestions if the name is unknown
+    pos_axis, head_axis = _axes(point)
+    n_heads = model.cfg.n_kv_heads if "n_kv_heads" in point.shape.split() else model.cfg.n_heads
+    for what, value, axis, size in (("pos", site.pos, pos_axis, n_pos), ("head", site.head, head_axis, n_heads)):
         if value is not None and axis is None:
             raise ValueError(f"{site.hook_name!r} has no {what} axis; leave {what}=None for this site.")
         if value is not None and not 0 <= value < size:
@@ -272,7 +271,7 @@ def patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Toke
         source, target_cache = (clean_cache, store) if direction == "denoise" else (store, clean_cache)
         target, target_hooks = (corrupted, list(corrupted_hooks)) if direction == "denoise" else (clean, [])
         values = [corrupted_metric if direction == "denoise" else clean_metric] * len(sites)
-        changed = [i for i, site in enumerate(sites) if not _same_at(site, source, target_cache)]
+        changed = [i for i, site in enumerate(sites) if not _same_at(model, site, source, target_cache)]
         for start in tqdm(range(0, len(changed), batch_size), desc="activation patching", disable=not progress):
             rows = changed[start:start + batch_size]
             chunk = [sites[i] for i in rows]
@@ -285,10 +284,10 @@ def patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Toke
                        clean_metric, corrupted_metric, direction)
 
 
-def _same_at(site: Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
+def _same_at(model: HookedTransformer, site: Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
     """Whether the site's slice is bitwise equal in both runs. Running such a site anyway would only
     add the rounding of attention kernels whose results depend on the batch size (~1e-7 in fp32)."""
-    index = (slice(None),) + _index(site, source[site.hook_name].ndim)
+    index = (slice(None),) + _index(model.hook_point(site.hook_name), site, source[site.hook_name].ndim)
     return torch.equal(source[site.hook_name][index], target[site.hook_name][index])
 
 
@@ -301,7 +300,7 @@ def _patcher(chunk: Sequence[Site], hook_name: str, source: Tensor, batch: int) 
             return None
         patched = activation.clone()
         for row, site in rows:
-            index = _index(site, activation.ndim)
+            index = _index(hook_point, site, activation.ndim)
             patched[(slice(row * batch, (row + 1) * batch),) + index] = source[(slice(None),) + index]
         return patched
 
