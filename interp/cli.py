@@ -13,15 +13,17 @@ import interp
 
 
 def info(args: argparse.Namespace) -> int:
+    from interp.components import factory
     from interp.model import HookedTransformer
 
     model = HookedTransformer.from_pretrained(args.model, dtype=args.dtype)
     cfg = model.cfg
     n_params = sum(p.numel() for name, p in model.named_parameters() if not (name == "W_U" and cfg.tie_word_embeddings))
-    print(f"model       {args.model}")
+    print(f"{'model':<20}{args.model}")
+    for piece, description in factory.describe(cfg).items():
+        print(f"{piece:<20}{description}")
     for key, value in cfg.to_dict().items():
         print(f"{key:<20}{value}")
-    print(f"{'d_head':<20}{cfg.d_head}")
     print(f"{'parameters':<20}{n_params:,}" + ("  (W_U tied to W_E, counted once)" if cfg.tie_word_embeddings else ""))
     print(f"{'hook points':<20}{len(model.hook_names())}")
     print(f"{'tokenizer':<20}{type(model.tokenizer).__name__ if model.tokenizer is not None else 'none'}")

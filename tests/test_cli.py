@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from interp.cli import main
 
@@ -81,3 +82,31 @@ def test_script_is_the_cli():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "head_scores.py"), "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--shard" in result.stdout
+
+
+@pytest.mark.parametrize("case", ["neox_parallel", "llama_gqa", "mistral_window", "qwen2_bias"])
+def test_info_and_heads_on_every_family_directory(capsys, tmp_path, case):
+    """`interp info DIR` and `interp heads --model DIR` on a saved random model of each family; the report's
+    scores equal the definition applied to transformers' own attention patterns."""
+    import json
+
+    import families
+    from interp.analysis.heads import repeated_random_tokens
+    from test_heads import direct_repeated_scores
+
+    directory = families.saved_dir(case)
+    code, out, _ = run_cli(capsys, "info", str(directory))
+    assert code == 0 and f"model_type          {families.family(case)}" in out and "rotary" in out
+    code, out, _ = run_cli(capsys, "heads", "--model", str(directory), "--out", str(tmp_path), "--no-progress",
+                           "--random-repeated", "4", "--length", "10")
+    assert code == 0 and "induction" in out
+    report = json.loads(next(tmp_path.glob("*/repeated/report.json")).read_text())
+    protocol = report["protocol"]
+    hf = families.hf_model(case)
+    tokens = repeated_random_tokens(hf.config.vocab_size, protocol["n_sequences"], protocol["length"], protocol["seed"],
+                                    bos_token_id=report["config"]["bos_token_id"])
+    with torch.no_grad():
+        attentions = hf(tokens, output_attentions=True).attentions
+    expected = direct_repeated_scores(attentions, protocol["length"])
+    for name, values in expected.items():
+        assert torch.allclose(torch.tensor(report["scores"][name], dtype=torch.float64), values, atol=1e-6), name
