@@ -1,7 +1,7 @@
 """Architecture adapters: one small module per `transformers` family, mapping its config and tensor names to ours.
 
 Each module has `MODEL_TYPE`, `PREFIXES` (the base-model prefix of its tensor names), `IGNORED` (buffers
-some checkpoints carry), `config(get, model_name) -> Config`, `hf_config(cfg)` and `entries(cfg)` (the
+some checkpoints carry), optionally `ALIASES` (other names of a tensor), `config(get, model_name) -> Config`, `hf_config(cfg)` and `entries(cfg)` (the
 tensor map, see `interp.adapters.base.Entry`). Adding a family is one such module plus a line in
 `FAMILIES`; the components it needs are chosen by `interp.components.factory` from the Config.
 """
@@ -60,7 +60,7 @@ def to_interp(hf_state: Mapping[str, Tensor], cfg: Config) -> dict[str, Tensor]:
     for name, tensor in hf_state.items():
         for prefix in family.PREFIXES:
             name = name.removeprefix(prefix)
-        state[name] = tensor
+        state[getattr(family, "ALIASES", {}).get(name, name)] = tensor
     if cfg.tie_word_embeddings:
         for name in UNEMBEDDINGS:
             state.pop(name, None)  # tied: the unembedding is W_E transposed

@@ -96,7 +96,7 @@ def to_interp(entries: list[Entry], hf_state: dict[str, Tensor], cfg: Config, ig
 def to_hf(entries: list[Entry], state: Mapping[str, Tensor], cfg: Config) -> dict[str, Tensor]:
     """The `transformers` tensors (prefix not added) of an interp state dict; refuses nonzero biases the family
     lacks (processing can create them: export the raw model, or keep the bias where the format has one)."""
-    covered = {entry.ours for entry in entries} | {"W_U"} * cfg.tie_word_embeddings
+    covered = {entry.ours for entry in entries} | ({"W_U"} if cfg.tie_word_embeddings else set())
     for name, tensor in state.items():
         if name not in covered and bool(tensor.ne(0).any()):
             raise ValueError(f"{name} is nonzero but a {cfg.model_type} checkpoint has no such tensor (processing "

@@ -11,6 +11,7 @@ from interp.config import Config
 
 MODEL_TYPE = "gpt_neox"
 PREFIXES = ("gpt_neox.",)
+ALIASES = {"lm_head.weight": "embed_out.weight"}  # transformers 5's in-memory name; save_pretrained writes embed_out
 IGNORED = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")  # buffers in old checkpoints
 
 
