@@ -59,6 +59,15 @@ class HookedTransformer(nn.Module):
         # Hooking these changes how a block computes: only an explicit name turns them on, never a predicate.
         self.opt_in_names = frozenset(name for name, point in self.hook_dict.items() if point.opt_in)
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("W_pos", "hook_pos_embed"):
+                raise AttributeError(f"This {self.cfg.model_type} model has rotary positions (applied to q and k in each "
+                                     f"layer, see attn.hook_rot_q/hook_rot_k), so it has no {name}.") from None
+            raise
+
     # ----- hooks -----------------------------------------------------------------------------
     def hook_names(self) -> list[str]:
         """Every hook name, in forward order (see `interp.names` for shapes)."""

@@ -197,8 +197,9 @@ def rotate_residual_stream(state: State, cfg: Config, R: Tensor) -> State:
     W_in, W_U) by Rᵀ on the left, so every head, neuron and logit computes the same numbers: the
     residual stream has no privileged basis (Elhage et al. 2021). Two conditions, both checked:
     LayerNorm must be folded (an unfolded gain scales each basis direction separately, which is a
-    privileged basis), and R `[d_model, d_model]` must be orthogonal and fix the all-ones direction,
-    because LayerNorm's centring subtracts the component along all-ones and its scale is a norm.
+    privileged basis), and R `[d_model, d_model]` must be orthogonal and (LayerNorm only) fix the all-ones
+    direction, because LayerNorm's centring subtracts the component along all-ones and its scale is a norm.
+    RMSNorm's scale is a norm too, and it does not centre: any orthogonal R works.
     """
     if any(name.endswith((".w", ".b")) and "ln" in name for name in state):
         raise ValueError("Rotate only LayerNorm-folded weights: apply fold_ln first (an unfolded LN gain privileges the basis).")
@@ -207,7 +208,7 @@ def rotate_residual_stream(state: State, cfg: Config, R: Tensor) -> State:
     ones = torch.ones(d_model, dtype=torch.float64, device=R.device)
     if R.shape != (d_model, d_model) or not torch.allclose(R64 @ R64.T, torch.eye(d_model, dtype=torch.float64, device=R.device), atol=1e-6):
         raise ValueError(f"R must be an orthogonal [{d_model}, {d_model}] matrix, got shape {tuple(R.shape)} (or not orthogonal).")
-    if not torch.allclose(ones @ R64, ones, atol=1e-6):
+    if cfg.normalization == "LN" and not torch.allclose(ones @ R64, ones, atol=1e-6):
         raise ValueError("R must fix the all-ones direction (ones @ R == ones): LayerNorm's centring singles it out.")
     state = dict(state)
 
@@ -219,12 +220,14 @@ def rotate_residual_stream(state: State, cfg: Config, R: Tensor) -> State:
         state[name] = einops.einsum(R64.T, _in64(W), "new d_model, d_model ... -> new ...").to(W.dtype)
 
     for name in ("W_E", "W_pos"):
-        write(name)
+        if name in state:  # rotary models have no W_pos
+            write(name)
     read("W_U")
     for layer in range(cfg.n_layers):
         block = f"blocks.{layer}"
         for name in ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out"):
             write(f"{block}.{name}")
-        for name in ("attn.W_QKV", "mlp.W_in"):
-            read(f"{block}.{name}")
+        for name in ("attn.W_QKV", "mlp.W_in", "mlp.W_gate"):
+            if f"{block}.{name}" in state:
+                read(f"{block}.{name}")
     return state
