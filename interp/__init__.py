@@ -1,4 +1,4 @@
-"""interp: mechanistic interpretability for GPT-2-family models in readable PyTorch."""
+"""interp: mechanistic interpretability for GPT-2, GPT-NeoX (Pythia), Llama, Mistral and Qwen2 models in readable PyTorch."""
 
 from interp.cache import ActivationCache
 from interp.config import Config

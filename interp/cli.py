@@ -92,7 +92,7 @@ def add_heads_command(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability for GPT-2-family models.")
+    parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability for GPT-2, GPT-NeoX, Llama, Mistral and Qwen2 models.")
     parser.add_argument("--version", action="version", version=f"interp {interp.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     info_parser = commands.add_parser("info", help="print a model's config and parameter count")

@@ -50,7 +50,7 @@ def load_weights(source: Any, *, tokenizer: Any = None, config: Any = None, devi
 
     source: a bundled name ("interp-toy"), a hub id ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl",
     "distilgpt2" or "org/name"), a `save_pretrained` directory, a `.safetensors`/`.bin` file (its
-    config from `config=` or a config.json beside it), or an in-memory `transformers` GPT-2 model
+    config from `config=` or a config.json beside it), or an in-memory `transformers` causal LM
     (its weights are copied; the transformers model is left untouched).
     config: a `Config`, a `transformers` config (GPT2Config, LlamaConfig, ...), dict or path to config.json. dtype: fp32/bf16/fp16.
     """

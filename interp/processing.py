@@ -164,7 +164,7 @@ def process_weights_(model: Model, fold_ln: bool | None = None, center_writing_w
     first = STEPS.index(new[0])
     steps = [step for step in STEPS[first:] if asked[step] or model.processing[step]]
     if "center_writing_weights" in steps and not all(norm.centres for norm in _norms(model)):
-        center_writing_weights({}, model.cfg)  # raises, saying why (the norms do not remove the mean)
+        STEP_FUNCTIONS["center_writing_weights"]({}, model.cfg)  # raises, saying why (the norms do not remove the mean)
     new_state = process_state_dict(dict(model.state_dict()), model.cfg, steps)
     if "fold_ln" in steps:  # each norm becomes its folded form (same eps, same hook points)
         for block in model.blocks:

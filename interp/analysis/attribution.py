@@ -24,23 +24,31 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.analysis.patching import (Direction, HookList, Metric, PatchResult, Tokens, checked_layers, checked_pair,
-                                      scalar_metric)
+                                      head_axis, scalar_metric)
 from interp.hooks import HookPoint
 from interp.model import HookedTransformer
 
-# site -> (hook suffix, einops reduction of (source - target) * gradient, table axes)
+# site -> (hook suffix, einops reduction of (source - target) * gradient, table axes). "heads" stands for the
+# hook's head axis: n_heads, or n_kv_heads for the keys and values of a grouped-query model (table axis "kv_head").
 SITES = {
     "resid_pre": ("hook_resid_pre", "batch pos d_model -> pos", ("layer", "pos")),
     "attn_out": ("hook_attn_out", "batch pos d_model -> pos", ("layer", "pos")),
     "mlp_out": ("hook_mlp_out", "batch pos d_model -> pos", ("layer", "pos")),
-    "head_out": ("attn.hook_z", "batch pos n_heads d_head -> n_heads", ("layer", "head")),
-    "head_out_by_pos": ("attn.hook_z", "batch pos n_heads d_head -> pos n_heads", ("layer", "pos", "head")),
-    "q": ("attn.hook_q", "batch pos n_heads d_head -> n_heads", ("layer", "head")),
-    "k": ("attn.hook_k", "batch pos n_heads d_head -> n_heads", ("layer", "head")),
-    "v": ("attn.hook_v", "batch pos n_heads d_head -> n_heads", ("layer", "head")),
-    "pattern": ("attn.hook_pattern", "batch n_heads query_pos key_pos -> n_heads", ("layer", "head")),
+    "head_out": ("attn.hook_z", "batch pos heads d_head -> heads", ("layer", "head")),
+    "head_out_by_pos": ("attn.hook_z", "batch pos heads d_head -> pos heads", ("layer", "pos", "head")),
+    "q": ("attn.hook_q", "batch pos heads d_head -> heads", ("layer", "head")),
+    "k": ("attn.hook_k", "batch pos heads d_head -> heads", ("layer", "head")),
+    "v": ("attn.hook_v", "batch pos heads d_head -> heads", ("layer", "head")),
+    "pattern": ("attn.hook_pattern", "batch heads query_pos key_pos -> heads", ("layer", "head")),
 }
-SiteKind = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_pos", "q", "k", "v", "pattern"]
+# Sites only some families have: q and k after the rotation, on rotary models (GPT-NeoX, Llama, Mistral, Qwen2).
+ROTARY_SITES = {
+    "rot_q": ("attn.hook_rot_q", "batch pos heads d_head -> heads", ("layer", "head")),
+    "rot_k": ("attn.hook_rot_k", "batch pos heads d_head -> heads", ("layer", "head")),
+}
+ALL_SITES = {**SITES, **ROTARY_SITES}
+SiteKind = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_pos", "q", "k", "v", "rot_q", "rot_k",
+                   "pattern"]
 
 
 def attribution_patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
@@ -52,12 +60,21 @@ def attribution_patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_
     `values` holds the estimated metric after patching (target metric + estimate, in float64), so
     `.effect` is the attribution (a_source - a_target) · ∂metric/∂a itself. The parameters' `.grad`
     is left untouched. Arguments as in `interp.analysis.patching.patch`.
+    "rot_q"/"rot_k" (q and k after the rotation) exist on rotary models only. On a grouped-query model "k",
+    "v" and "rot_k" are per kv head: dims ("layer", "kv_head"), n_kv_heads entries, as in `patch_head_qkv_pattern`.
     """
-    if site not in SITES:
-        raise ValueError(f"site must be one of {sorted(SITES)}, got {site!r}.")
+    if site not in ALL_SITES:
+        raise ValueError(f"site must be one of {sorted(SITES)} (or, on rotary models, {sorted(ROTARY_SITES)}), "
+                         f"got {site!r}.")
+    if f"blocks.0.{ALL_SITES[site][0]}" not in model.hook_dict:
+        raise ValueError(f"site={site!r} reads {ALL_SITES[site][0]}, which this model does not have: the rotated q/k "
+                         f"exist only on rotary models; this one adds learned positions to the stream (use "
+                         f"site={site[-1]!r}).")
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise', got {direction!r}.")
-    suffix, reduction, dims = SITES[site]
+    suffix, reduction, dims = ALL_SITES[site]
+    head_dim, n_heads = head_axis(model, f"blocks.0.{suffix}") if "head" in dims else ("head", model.cfg.n_heads)
+    dims = tuple(head_dim if dim == "head" else dim for dim in dims)
     clean, corrupted = checked_pair(model, clean_tokens, corrupted_tokens)
     layers = checked_layers(model, layers)
     hook_names = [f"blocks.{layer}.{suffix}" for layer in layers]
@@ -69,7 +86,7 @@ def attribution_patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_
     tables = [einops.reduce((source_acts[name] - target_acts[name]) * grads[name], reduction, "sum")
               for name in hook_names]
     values = float(target_metric) + torch.stack(tables).double().cpu()
-    labels = {"layer": layers, "pos": list(range(clean.shape[1])), "head": list(range(model.cfg.n_heads))}
+    labels = {"layer": layers, "pos": list(range(clean.shape[1])), head_dim: list(range(n_heads))}
     clean_metric, corrupted_metric = (source_metric, target_metric) if direction == "denoise" else (target_metric,
                                                                                                      source_metric)
     return PatchResult(values, dims, {dim: labels[dim] for dim in dims}, float(clean_metric), float(corrupted_metric),
@@ -80,7 +97,8 @@ def _run(model: HookedTransformer, metric: Metric, tokens: Tensor, run_hooks: Ho
          with_grad: bool) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """(metric, activations, gradients of the metric w.r.t. them if `with_grad`) of one run.
 
-    Gradients start from detached copies of the embeddings, so they never reach the weights.
+    Gradients start from detached copies of the embeddings (hook_embed, and hook_pos_embed where positions are
+    learned), so they never reach the weights.
     """
     acts: dict[str, Tensor] = {}
 
@@ -90,7 +108,7 @@ def _run(model: HookedTransformer, metric: Metric, tokens: Tensor, run_hooks: Ho
     def make_root(activation: Tensor, hook: HookPoint) -> Tensor:
         return activation.detach().requires_grad_(True)
 
-    roots = [("hook_embed", make_root), ("hook_pos_embed", make_root)] if with_grad else []
+    roots = [(name, make_root) for name in ("hook_embed", "hook_pos_embed") if name in model.hook_dict] if with_grad else []
     with torch.set_grad_enabled(with_grad), model.hooks(list(run_hooks) + roots + [(n, save) for n in hook_names]):
         value = scalar_metric(metric, model(tokens))
         if not with_grad:

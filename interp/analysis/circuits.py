@@ -5,11 +5,26 @@ Row-vector convention (`x @ W`): head h reads the residual stream through W_QK =
 `[d_model, d_model]` (query side on the left, key side on the right) and writes through
 W_OV = W_V W_O. Both have rank <= d_head and are returned as `FactoredMatrix` `[layer, head, ...]`.
 
-LayerNorm handling. The circuits that start at the embedding (full QK/OV, positional QK, copying
-scores) need `fold_ln`: the LayerNorm gains and biases then sit in W_Q/W_K/W_V/W_U and the folded
-reading weights are centred over d_model, so LayerNorm's centring is exact; what is left out is its
-scale (one positive number per token and position) and the biases b_Q, b_K, b_V, b_O, b_U. They are
-the "direct path" circuits of the paper: token (or position) straight into a head, nothing between.
+Norm handling. The circuits that start at the embedding (full QK/OV, positional QK, copying
+scores) need `fold_ln`: the norm gains (and LayerNorm biases) then sit in W_Q/W_K/W_V/W_U. For LayerNorm
+the folded reading weights are centred over d_model, so its centring is exact; RMSNorm (Llama, Mistral,
+Qwen2) does not centre and has no bias, so only its gain is folded. What is left out is the norm's scale
+(one positive number per token and position) and the biases b_Q, b_K, b_V, b_O, b_U. They are the
+"direct path" circuits of the paper: token (or position) straight into a head, nothing between.
+
+Families.
+- Heads are query heads everywhere. Under grouped-query attention (Llama, Mistral, Qwen2 with
+  n_kv_heads < n_heads) `model.W_K`/`W_V` repeat each kv head's weights for the query heads that share it,
+  so W_QK[l, h] = W_Q[h] W_K[kv(h)]ᵀ and W_OV[l, h] = W_V[kv(h)] W_O[h], kv(h) = h // (n_heads // n_kv_heads):
+  every circuit, copying score and composition score is per query head (query heads of one group share
+  their key and value factor, so e.g. their OV circuits have the same row space).
+- Rotary positions (GPT-NeoX, Llama, Mistral, Qwen2): W_QK leaves out the rotation. The real score of a
+  query at position i and a key at j is `q R(θ (j - i)) kᵀ` per rotated pair of dims, so W_QK is exactly the
+  score at relative distance 0 (a token attending to itself), and exactly the part of the score carried by
+  the unrotated dims (GPT-NeoX's partial rotary: d_head - rotary_dim of them) at every distance; for rotated
+  dims at other distances it is not the score. OV circuits and copying scores do not involve positions and
+  are exact. Rotary models add nothing positional to the residual stream, so they have no W_pos and no
+  positional QK circuit (`positional_qk_circuit` raises).
 """
 
 from __future__ import annotations
@@ -42,7 +57,11 @@ def _heads_of(circuit: FactoredMatrix, layer: int | None, head: int | None) -> F
 @torch.no_grad()
 def qk_circuit(model: HookedTransformer, layer: int | None = None, head: int | None = None) -> FactoredMatrix:
     """W_QK = W_Q W_Kᵀ `[layer, head, d_model, d_model]` (rank <= d_head): the bilinear form
-    `x_query @ W_QK @ x_keyᵀ` that gives the attention score (before the 1/sqrt(d_head) and biases)."""
+    `x_query @ W_QK @ x_keyᵀ` that gives the attention score (before the 1/sqrt(d_head) and biases).
+
+    Per query head (grouped-query: the shared kv head's W_K repeated). On rotary models it ignores the
+    rotation: exact for a key at the query's own position and for unrotated dims, not the score at other
+    relative positions (module doc)."""
     check_head(model, layer, head)
     return _heads_of(model.QK, layer, head)
 
@@ -50,7 +69,8 @@ def qk_circuit(model: HookedTransformer, layer: int | None = None, head: int | N
 @torch.no_grad()
 def ov_circuit(model: HookedTransformer, layer: int | None = None, head: int | None = None) -> FactoredMatrix:
     """W_OV = W_V W_O `[layer, head, d_model, d_model]` (rank <= d_head): what a head writes to the
-    residual stream for each unit of attention to a source vector `x` (`x @ W_OV`)."""
+    residual stream for each unit of attention to a source vector `x` (`x @ W_OV`). Per query head
+    (grouped-query: the shared kv head's W_V with the query head's own W_O); positions play no part."""
     check_head(model, layer, head)
     return _heads_of(model.OV, layer, head)
 
@@ -58,7 +78,9 @@ def ov_circuit(model: HookedTransformer, layer: int | None = None, head: int | N
 @torch.no_grad()
 def full_qk_circuit(model: HookedTransformer, layer: int | None = None, head: int | None = None) -> FactoredMatrix:
     """W_E W_QK W_Eᵀ `[layer, head, d_vocab, d_vocab]`: entry [i, j] is how much query token i attends to
-    key token j through the direct path. Needs `fold_ln` (see module doc). Never dense: `.AB` makes it so."""
+    key token j through the direct path. Needs `fold_ln` (see module doc). Never dense: `.AB` makes it so.
+    On rotary models it leaves out the rotation, as `qk_circuit` does: the token-token score at relative
+    distance 0 (and the unrotated dims' part of it at any distance)."""
     require_processing(model, "fold_ln", purpose="full_qk_circuit")
     qk = qk_circuit(model, layer, head)
     return FactoredMatrix(model.W_E @ qk.A, qk.B @ model.W_E.T)
@@ -80,7 +102,14 @@ def positional_qk_circuit(model: HookedTransformer, layer: int | None = None, he
 
     Row q is the score query position q gives each key position from positions alone; a previous-token
     head peaks at key q-1 (compare within a row: only j <= q is ever used). Needs `fold_ln`.
+    Learned absolute positions only (GPT-2): rotary models have no W_pos; raises ValueError there.
     """
+    if not hasattr(model, "W_pos"):
+        raise ValueError(
+            f"positional_qk_circuit reads W_pos, the learned position embeddings added to the residual stream; this "
+            f"{model.cfg.model_type} model uses rotary positions (q and k are rotated inside attention, nothing "
+            "positional is added to the stream), so it has no W_pos and no positional QK circuit. Its positional "
+            "behaviour is in the rotated q/k (attn.hook_rot_q / hook_rot_k) and the patterns they give.")
     require_processing(model, "fold_ln", purpose="positional_qk_circuit")
     W_pos = model.W_pos[: n_positions or model.cfg.n_ctx]
     qk = qk_circuit(model, layer, head)
@@ -119,6 +148,8 @@ def composition_scores(model: HookedTransformer, kind: str) -> Float[Tensor, "la
     W^B is W_QK^B (Q-composition: A's output feeds B's queries), W_QK^Bᵀ (K-composition: B's keys;
     an induction head K-composes with a previous-token head) or W_OV^B (V-composition).
     Entries with layer(A) >= layer(B) are 0. About 1/sqrt(d_model)-sized for unrelated random heads.
+    Per query head on grouped-query models (the shared W_K/W_V repeated per query head). On rotary models
+    Q- and K-composition scores use W_QK without the rotation (see `qk_circuit`).
     """
     if kind not in COMPOSITION_KINDS:
         raise ValueError(f"kind must be one of {COMPOSITION_KINDS}, got {kind!r}.")

@@ -2,19 +2,32 @@
 direct logit attribution (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits";
 nostalgebraist 2020, "interpreting GPT: the logit lens").
 
-GPT-2 only ever adds to its residual stream, so the stream before block `layer` is exactly
+Every supported family (GPT-2, GPT-NeoX, Llama, Mistral, Qwen2) only ever adds to its residual stream, so
+the stream before block `layer` is exactly
 
-    resid_pre[layer] = embed + pos_embed + Σ_{l < layer} (attn_out[l] + mlp_out[l])
+    resid_pre[layer] = embed (+ pos_embed) + Σ_{l < layer} (attn_out[l] + mlp_out[l])
     attn_out[l] = Σ_h z[l, h] @ W_O[l, h] + b_O[l]        mlp_out[l] = Σ_n post[l, n] W_out[l, n] + b_out[l]
 
+What each family has:
+- "pos_embed" only where positions are learned and added to the stream (GPT-2). Rotary models (GPT-NeoX,
+  Llama, Mistral, Qwen2) rotate q and k inside attention and add nothing: they have no `hook_pos_embed`,
+  and no "pos_embed" component.
+- Heads are query heads ("L{l}H{h}", h < n_heads) under grouped-query attention too: z and W_O are per
+  query head (several query heads read one shared kv head; each writes its own output).
+- Parallel blocks (GPT-NeoX with use_parallel_residual) compute attention and MLP from the same resid_pre;
+  they have no resid_mid (`accumulated_resid(incl_mid=True)` refuses), and their ln2 reads resid_pre.
+- RMSNorm (Llama, Mistral, Qwen2) does not centre and has no bias: `apply_ln_to_stack` only divides by the
+  scale, and the constant part of a logit is just b_U.
+
 Every function returns a `ComponentStack`: `components` `[component, *batch_and_pos, d_model]` with
-one label per component. What sums to what (tested to 1e-5 relative in fp32):
+one label per component. What sums to what (tested to 1e-5 relative in fp32, on every family):
 - `decompose_resid` and `get_full_resid_decomposition` sum to the residual stream at `layer`
   (`blocks.{layer}.hook_resid_pre`, or the last `hook_resid_post` when layer is None);
 - `stack_head_results` of one block plus its "L{l}_bias" sums to `hook_attn_out`, and
   `stack_neuron_results` plus "L{l}_mlp_bias" to `hook_mlp_out`.
 Biases: b_O and b_out are inside "{l}_attn_out" / "{l}_mlp_out"; the per-head and per-neuron stacks
-give them their own components. After `fold_value_biases`, b_V is part of b_O.
+give them their own components. After `fold_value_biases`, b_V is part of b_O. (Families without
+biases hold zeros there.)
 
 `layer` names a residual stream (the components of the blocks before it; None = after the last block)
 in `accumulated_resid`, `decompose_resid`, `get_full_resid_decomposition` and `apply_ln_to_stack`,
@@ -22,10 +35,10 @@ and a single block in `stack_head_results` / `stack_neuron_results` (Transformer
 before" there too). Per-head outputs are derived from `hook_z` and W_O, so `hook_result` (opt-in)
 need not be cached.
 
-LayerNorm is not linear. `apply_ln_to_stack` linearises it by freezing the cached scale of the
-residual the stack sums to: each component is centred and divided by that one scale, so the
-normalised components still add up exactly to `hook_normalized`. Direct logit attribution
-(`logit_attrs`) is each frozen-LN component's dot product with an unembedding direction.
+Normalisation is not linear. `apply_ln_to_stack` linearises it by freezing the cached scale of the
+residual the stack sums to: each component is centred (LayerNorm only) and divided by that one scale, so
+the normalised components still add up exactly to `hook_normalized`. Direct logit attribution
+(`logit_attrs`) is each frozen-norm component's dot product with an unembedding direction.
 The logit lens (`accumulated_resid(apply_ln=True)`, `logit_lens`) instead normalises every partial
 residual with its own recomputed scale, as if the model stopped there. A known TransformerLens bug:
 its `accumulated_resid(apply_ln=True)` divides every partial residual by the cached scale of the
@@ -114,9 +127,16 @@ def accumulated_resid(cache: Cache, layer: int | None = None, incl_mid: bool = F
     """The residual stream before each block 0..layer: "0_pre", ("0_mid",) "1_pre", ..., "final_post".
 
     layer=None (or n_layers) ends with the stream after the last block, "final_post".
-    apply_ln=True: the logit-lens input. Each residual is centred and divided by its own scale
-    sqrt(mean(centred²) + eps), then ln_final's w and b are applied (unless LN is folded into W_U).
+    incl_mid=True adds each block's resid_mid (between attention and MLP); parallel blocks (GPT-NeoX with
+    use_parallel_residual) have none, and raise ValueError.
+    apply_ln=True: the logit-lens input. Each residual goes through ln_final with its own scale (LayerNorm:
+    centred, divided by sqrt(mean(centred²) + eps); RMSNorm: divided by sqrt(mean(x²) + eps)), then
+    ln_final's gain w and bias b where it has them (none after fold_ln; RMSNorm has no bias).
     """
+    if incl_mid and not has_resid_mid(cache.model):
+        raise ValueError("incl_mid=True asks for resid_mid, the stream between attention and MLP; this model's blocks "
+                         "are parallel (attention and MLP both read resid_pre, resid_post = resid_pre + attn_out + "
+                         "mlp_out), so there is no resid_mid. Use incl_mid=False.")
     if apply_ln:
         _refuse_gradients(cache, "accumulated_resid(apply_ln=True)",
                           "use apply_ln=False: the gradient at each residual stream")
@@ -131,7 +151,9 @@ def accumulated_resid(cache: Cache, layer: int | None = None, incl_mid: bool = F
     if apply_ln:
         components = model.ln_final.scale_and_normalized(components)[1]  # each with its own scale
         if model.ln_final.w is not None:
-            components = components * model.ln_final.w.to(components) + model.ln_final.b.to(components)
+            components = components * model.ln_final.w.to(components)
+        if model.ln_final.b is not None:
+            components = components + model.ln_final.b.to(components)
     return ComponentStack(components, labels, pos_slice)
 
 
@@ -150,7 +172,8 @@ def logit_lens(cache: Cache, layer: int | None = None, incl_mid: bool = False,
 @torch.no_grad()
 def decompose_resid(cache: Cache, layer: int | None = None, mode: str = "all",
                     incl_embeds: bool = True, pos_slice: PosSlice = None) -> ComponentStack:
-    """The residual stream at `layer` as "embed", "pos_embed", "{l}_attn_out", "{l}_mlp_out" (l < layer).
+    """The residual stream at `layer` as "embed", "pos_embed" (learned positions only), "{l}_attn_out",
+    "{l}_mlp_out" (l < layer).
 
     With mode="all" and incl_embeds=True the components sum to the residual stream at `layer`;
     mode="attn" / "mlp" keeps only that kind of block output and incl_embeds=False drops the
@@ -203,7 +226,8 @@ def get_full_resid_decomposition(cache: Cache, layer: int | None = None, expand_
                                  pos_slice: PosSlice = None) -> ComponentStack:
     """The residual stream at `layer` split as finely as it goes, in forward order.
 
-    "embed", "pos_embed", then for each block l < layer: "L{l}H{h}" for every head, "L{l}_bias",
+    "embed", "pos_embed" (learned positions only), then for each block l < layer: "L{l}H{h}" for every
+    (query) head, "L{l}_bias",
     and either "L{l}N{n}" for every neuron plus "L{l}_mlp_bias" (expand_neurons) or "{l}_mlp_out".
     Sums to the residual stream at `layer`. With expand_neurons, GPT-2 small has 36,864 neuron
     components (each batch × pos × d_model): keep batch × pos small.
@@ -220,8 +244,21 @@ def get_full_resid_decomposition(cache: Cache, layer: int | None = None, expand_
     return _assemble(pieces, pos_slice)
 
 
+def has_pos_embed(model: Model) -> bool:
+    """Whether learned position embeddings are added to the residual stream (GPT-2); rotary models have none."""
+    return "hook_pos_embed" in model.hook_dict
+
+
+def has_resid_mid(model: Model) -> bool:
+    """Whether blocks have a resid_mid (sequential blocks); parallel blocks (GPT-NeoX) do not."""
+    return "blocks.0.hook_resid_mid" in model.hook_dict
+
+
 def _embed_pieces(cache: Cache, pos_slice: PosSlice) -> list[Piece]:
-    return [(["embed"], _one(cache, "hook_embed", pos_slice)), (["pos_embed"], _one(cache, "hook_pos_embed", pos_slice))]
+    pieces = [(["embed"], _one(cache, "hook_embed", pos_slice))]
+    if has_pos_embed(cache.model):
+        pieces.append((["pos_embed"], _one(cache, "hook_pos_embed", pos_slice)))
+    return pieces
 
 
 def _head_pieces(cache: Cache, layer: int, pos_slice: PosSlice, incl_bias: bool) -> list[Piece]:
@@ -310,12 +347,15 @@ def _neuron_pieces(cache: Cache, layer: int, neurons: list[int] | slice | Tensor
 @torch.no_grad()
 def apply_ln_to_stack(cache: Cache, stack: ComponentStack, layer: int | None = None,
                       mlp_input: bool = False, pos_slice: PosSlice = None) -> ComponentStack:
-    """Each component centred and divided by the cached LN scale of the residual stream at `layer`.
+    """Each component normalised with the cached scale of the norm that reads the residual stream at `layer`:
+    centred and divided by the scale for LayerNorm, only divided by it for RMSNorm (which does not centre).
 
     The scale is `ln_final.hook_scale` (layer None or n_layers), `blocks.{layer}.ln1.hook_scale`, or
-    ln2's with mlp_input=True (the stack then should sum to resid_mid). Freezing the scale makes
-    LayerNorm linear, so the results still add up: to that LN's `hook_normalized` when the stack
-    sums to its input. LN's w and b are not applied (see `logit_attrs`; after fold_ln there are none).
+    ln2's with mlp_input=True. ln2 reads resid_mid in sequential blocks and resid_pre in parallel blocks
+    (GPT-NeoX), so with mlp_input=True the stack should sum to that: `decompose_resid(cache, layer)` plus
+    `{layer}_attn_out` (sequential), or `decompose_resid(cache, layer)` itself (parallel). Freezing the scale
+    makes the norm linear, so the results still add up: to that norm's `hook_normalized` when the stack
+    sums to its input. The norm's w and b are not applied (see `logit_attrs`; after fold_ln there are none).
     pos_slice: the positions the stack covers; by default the one it was built with.
     """
     _refuse_gradients(cache, "apply_ln_to_stack", "apply it to a stack of activations")
@@ -325,9 +365,10 @@ def apply_ln_to_stack(cache: Cache, stack: ComponentStack, layer: int | None = N
         if mlp_input:
             raise ValueError("mlp_input=True selects ln2 of a block: give a layer in "
                              f"0..{model.cfg.n_layers - 1}, or mlp_input=False for ln_final.")
-        name = "ln_final.hook_scale"
+        name, norm = "ln_final.hook_scale", model.ln_final
     else:
-        name = f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}.hook_scale"
+        which = "ln2" if mlp_input else "ln1"
+        name, norm = f"blocks.{layer}.{which}.hook_scale", getattr(model.blocks[layer], which)
     if pos_slice is not None and stack.pos_slice is not None and stack.pos_slice != pos_slice:
         raise ValueError(f"The stack was built with pos_slice={stack.pos_slice!r} but pos_slice={pos_slice!r} was "
                          "given; leave pos_slice out to use the stack's own.")
@@ -337,8 +378,10 @@ def apply_ln_to_stack(cache: Cache, stack: ComponentStack, layer: int | None = N
         raise ValueError(f"The stack covers batch/pos shape {tuple(stack.components.shape[1:-1])} but {name} "
                          f"with pos_slice={pos_slice!r} has {tuple(scale.shape[:-1])}; pass the pos_slice the stack "
                          "was built with.")
-    centred = stack.components - stack.components.mean(-1, keepdim=True)
-    return ComponentStack(centred / scale.to(centred), stack.labels, pos_slice)
+    components = stack.components
+    if norm.centres:  # LayerNorm subtracts the mean (a linear map: it distributes over the components)
+        components = components - components.mean(-1, keepdim=True)
+    return ComponentStack(components / scale.to(components), stack.labels, pos_slice)
 
 
 def token_ids(model: Model, tokens: Tokens) -> Int[Tensor, "..."]:
@@ -372,14 +415,14 @@ def logit_attrs(cache: Cache, stack: ComponentStack, tokens: Tokens | None = Non
     """Direct logit attribution: each component's contribution to the logit of `tokens` (Elhage et al. 2021).
 
     The stack (components of the final residual stream) goes through `apply_ln_to_stack` with the
-    cached `ln_final.hook_scale`, then is dotted with `ln_final.w * W_U[:, token]` (just W_U after
-    fold_ln). With incorrect_tokens, the logit difference tokens - incorrect_tokens. `directions`
+    cached `ln_final.hook_scale` (LayerNorm: centred and scaled; RMSNorm: scaled), then is dotted with
+    `ln_final.w * W_U[:, token]` (just W_U after fold_ln). With incorrect_tokens, the logit difference tokens - incorrect_tokens. `directions`
     instead of tokens: vectors where W_U reads (e.g. `logit_diff_direction`), ln_final.w applied alike.
     tokens / directions have the stack's batch/pos shape, or a prefix of it (e.g. `[batch]` for one
     answer per sequence, broadcast over positions), or are a single token / `[d_model]` vector.
 
     Bias convention: what is not attributed is the logit's constant part, `ln_final.b @ W_U[:, t] + b_U[t]`
-    (`b_U[t]` after fold_ln). For a full decomposition the attributions sum to logit[t] minus that.
+    (`b_U[t]` after fold_ln, and on RMSNorm models, whose norms have no bias). For a full decomposition the attributions sum to logit[t] minus that.
     """
     _refuse_gradients(cache, "logit_attrs", "attribute with a cache of activations")
     model = cache.model

@@ -10,6 +10,12 @@ what it does with the rest). Defaults: neither exclusion (the papers' raw defini
 
 Scores are reduced inside each layer's `hook_pattern` hook and the pattern is dropped at once:
 memory is O(layers x heads), never every layer's `[batch, n_heads, query_pos, key_pos]`.
+
+Every family: `hook_pattern` is the softmax the model uses, per query head, after rotary positions
+(computed from hook_rot_q/hook_rot_k), grouped-query sharing (each query head with its kv head's keys)
+and sliding windows (keys outside a query's window get exactly 0). So scores are per query head
+`[layer, n_heads]`, and a target key outside a layer's window scores 0 there: with the repeated protocol,
+a window shorter than L + 1 leaves an induction head nothing to find (the earlier copy is out of sight).
 """
 
 from __future__ import annotations

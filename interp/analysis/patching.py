@@ -116,11 +116,12 @@ class PatchResult:
 
     # ----- display ----------------------------------------------------------------------------
     def _name(self, dim: str, label: Any) -> str:
-        return {"layer": f"L{label}", "head": f"H{label}", "site": str(label)}.get(dim, f"{dim} {label}")
+        return {"layer": f"L{label}", "head": f"H{label}", "kv_head": f"KV{label}",
+                "site": str(label)}.get(dim, f"{dim} {label}")
 
     def _entry_name(self, labels: tuple) -> str:
         names = [self._name(dim, label) for dim, label in zip(self.dims, labels)]
-        return ("" if set(self.dims) <= {"layer", "head"} else " ").join(names)  # "L1H3", "L0 pos 11"
+        return ("" if set(self.dims) <= {"layer", "head", "kv_head"} else " ").join(names)  # "L1H3", "L0 pos 11"
 
     def _largest(self, k: int) -> list[tuple[str, float, float]]:
         """The k entries with the largest |effect|, as (name, effect, normalized)."""
@@ -213,6 +214,20 @@ def _axes(point: HookPoint) -> tuple[int | None, int | None]:
     return pos_axis, next((shape.index(a) for a in ("n_heads", "n_kv_heads") if a in shape), None)
 
 
+def head_axis(model: HookedTransformer, hook_name: str) -> tuple[str, int]:
+    """(table axis name, size) of a hook's head axis, from its declared shape: ("head", n_heads) for query-head
+    hooks (q, rot_q, scores, pattern, z, result) and for key/value hooks of multi-head attention; ("kv_head",
+    n_kv_heads) for hook_k/hook_v/hook_rot_k (and k/v inputs) of a grouped-query model, whose kv head g is
+    read by query heads g * group .. (g + 1) * group - 1. ValueError if the hook has no head axis."""
+    shape = model.hook_point(hook_name).shape.split()
+    if "n_kv_heads" in shape:
+        grouped = model.cfg.n_kv_heads < model.cfg.n_heads
+        return ("kv_head" if grouped else "head"), model.cfg.n_kv_heads
+    if "n_heads" in shape:
+        return "head", model.cfg.n_heads
+    raise ValueError(f"{hook_name!r} (shape {' '.join(shape)!r}) has no head axis.")
+
+
 def _index(point: HookPoint, site: Site, ndim: int) -> tuple:
     """Index of the site's slice of an activation seen by `point`, batch axis excluded."""
     index: list[Any] = [slice(None)] * (ndim - 1)
@@ -226,12 +241,16 @@ def _index(point: HookPoint, site: Site, ndim: int) -> tuple:
 def _check_site(model: HookedTransformer, site: Site, n_pos: int) -> None:
     point = model.hook_point(site.hook_name)  # KeyError with suggestions if the name is unknown
     pos_axis, head_axis = _axes(point)
-    n_heads = model.cfg.n_kv_heads if "n_kv_heads" in point.shape.split() else model.cfg.n_heads
+    kv = "n_kv_heads" in point.shape.split()
+    n_heads = model.cfg.n_kv_heads if kv else model.cfg.n_heads
     for what, value, axis, size in (("pos", site.pos, pos_axis, n_pos), ("head", site.head, head_axis, n_heads)):
         if value is not None and axis is None:
             raise ValueError(f"{site.hook_name!r} has no {what} axis; leave {what}=None for this site.")
         if value is not None and not 0 <= value < size:
-            raise ValueError(f"{site.label}: {what}={value} is out of range 0..{size - 1}.")
+            which = (f" (its head axis has the model's n_kv_heads={size} kv heads, shared by "
+                     f"{model.cfg.n_heads // size} query heads each)") if what == "head" and kv and \
+                size < model.cfg.n_heads else ""
+            raise ValueError(f"{site.label}: {what}={value} is out of range 0..{size - 1}{which}.")
 
 
 # ----- activation patching ---------------------------------------------------------------------
@@ -361,15 +380,25 @@ def patch_head_out_by_pos(model: HookedTransformer, clean_tokens: Tokens, corrup
 
 
 def patch_head_qkv_pattern(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
-                           which: Literal["q", "k", "v", "pattern", "z"], layers: Sequence[int] | None = None,
-                           **options: Any) -> PatchResult:
+                           which: Literal["q", "k", "v", "rot_q", "rot_k", "pattern", "z"],
+                           layers: Sequence[int] | None = None, **options: Any) -> PatchResult:
     """Patch each head's queries, keys, values or attention pattern (all positions): values `[layer, head]`.
 
-    "q"/"k"/"v" patch `attn.hook_q/k/v` (the head's vectors, after W_Q/W_K/W_V); "pattern" patches
-    `attn.hook_pattern` (which runs every layer through explicit attention, in every run).
+    "q"/"k"/"v" patch `attn.hook_q/k/v` (the head's vectors, after W_Q/W_K/W_V); "rot_q"/"rot_k" the rotated
+    ones (rotary models only; at equal positions the same as patching q/k); "pattern" patches `attn.hook_pattern`
+    (which runs every layer through explicit attention, in every run).
+    Grouped-query models: keys and values belong to kv heads, so "k", "v" and "rot_k" give `[layer, kv_head]`
+    (dims ("layer", "kv_head"), n_kv_heads entries); patching kv head g changes what all of its query heads
+    g * group .. (g + 1) * group - 1 read. The other kinds are per query head, `[layer, head]`.
     """
-    if which not in ("q", "k", "v", "pattern", "z"):
-        raise ValueError(f"which must be 'q', 'k', 'v' or 'pattern' (or 'z', the head's output), got {which!r}.")
-    layers, heads = checked_layers(model, layers), list(range(model.cfg.n_heads))
+    kinds = ("q", "k", "v", "rot_q", "rot_k", "pattern", "z")
+    if which not in kinds:
+        raise ValueError(f"which must be one of {kinds} ('z' is the head's output), got {which!r}.")
+    if which.startswith("rot_") and "blocks.0.attn.hook_rot_q" not in model.hook_dict:
+        raise ValueError(f"which={which!r} patches the rotated {which[-1]} of a rotary model; this model adds learned "
+                         f"positions to the residual stream and has no hook_{which}: use which={which[-1]!r}.")
+    layers = checked_layers(model, layers)
+    dim, n_heads = head_axis(model, f"blocks.0.attn.hook_{which}")
+    heads = list(range(n_heads))
     sites = [Site(f"blocks.{layer}.attn.hook_{which}", head=head) for layer in layers for head in heads]
-    return _table(model, clean_tokens, corrupted_tokens, metric, sites, {"layer": layers, "head": heads}, options)
+    return _table(model, clean_tokens, corrupted_tokens, metric, sites, {"layer": layers, dim: heads}, options)

@@ -27,7 +27,11 @@ def path_patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens:
     """The metric on the clean run when `sender`'s output (its `hook_z`) takes its corrupted value and
     the change reaches only `receivers`, through the direct path (Wang et al. 2022, IOI).
 
-    receivers: (layer, head, "q"|"k"|"v") triples, or "logits". The three runs:
+    receivers: (layer, head, "q"|"k"|"v") triples, or "logits". `head` indexes the axis of the hook read:
+    a query head for "q"; for "k"/"v" a query head of a multi-head model, but a kv head
+    (0..n_kv_heads-1) of a grouped-query model, whose keys and values are shared: receiving at kv head g
+    changes what all its query heads g * group .. (g + 1) * group - 1 read (group = n_heads // n_kv_heads).
+    Senders are query heads (their own `hook_z`) on every family. The three runs:
     1. clean and corrupted runs, caching every head's `hook_z`;
     2. the clean run with the sender's z corrupted and every other head's z frozen to its clean
        value; MLPs recompute, as in the IOI paper, unless `freeze_mlps=True` freezes them to clean
@@ -68,10 +72,16 @@ def path_patch_all_senders(model: HookedTransformer, clean_tokens: Tokens, corru
                        caches["clean_metric"], caches["corrupted_metric"], direction="noise")
 
 
-def _checked_head(model: HookedTransformer, layer: int, head: int) -> None:
+def _checked_head(model: HookedTransformer, layer: int, head: int, which: str = "z") -> None:
+    """Range check of a sender (which="z": a query head) or of a receiver's head on the hook it reads."""
     checked_layers(model, [layer])
-    if not 0 <= head < model.cfg.n_heads:
-        raise ValueError(f"Head {head} of layer {layer} is out of range: heads are 0..{model.cfg.n_heads - 1}.")
+    n_heads, kv = model.cfg.n_heads, ""
+    if which in ("k", "v") and model.cfg.n_kv_heads < model.cfg.n_heads:
+        n_heads = model.cfg.n_kv_heads
+        kv = (f" (a {which!r} receiver names a kv head: this grouped-query model has {n_heads} kv heads, each shared "
+              f"by {model.cfg.n_heads // n_heads} query heads)")
+    if not 0 <= head < n_heads:
+        raise ValueError(f"Head {head} of layer {layer} is out of range: heads are 0..{n_heads - 1}{kv}.")
 
 
 def _checked_receivers(model: HookedTransformer, receivers: Receivers) -> Receivers:
@@ -81,8 +91,8 @@ def _checked_receivers(model: HookedTransformer, receivers: Receivers) -> Receiv
     if not triples or any(len(receiver) != 3 or receiver[2] not in ("q", "k", "v") for receiver in triples):
         raise ValueError(f"receivers must be 'logits' or a non-empty list of (layer, head, input) with input one of "
                          f"'q', 'k', 'v'; got {receivers!r}.")
-    for layer, head, _ in triples:
-        _checked_head(model, layer, head)
+    for layer, head, which in triples:
+        _checked_head(model, layer, head, which)
     return triples
 
 

@@ -1,9 +1,10 @@
 """Path attribution: a logit as a sum over paths through the residual stream (Elhage et al. 2021).
 
-With every attention pattern and every LayerNorm scale frozen at their values from one run, the
+With every attention pattern and every norm scale frozen at their values from one run, the
 model is linear in what its components write, and the target logit expands exactly into:
 
-- **direct paths** `source -> logits`, for each source: `embed`, `pos_embed`, each layer's MLP output
+- **direct paths** `source -> logits`, for each source: `embed`, `pos_embed` (learned positions only),
+  each layer's MLP output
   `mlp{l}` (an MLP is one node: paths into it are not expanded, its cached output is the source)
   and each layer's attention constant `attn_bias{l}` (b_O plus, per head, (ln1 bias · W_V + b_V) W_O,
   which every query receives because pattern rows sum to 1);
@@ -12,6 +13,20 @@ model is linear in what its components write, and the target logit expands exact
   K-composition are frozen into the patterns), layer a < b;
 - `unembed_bias` (ln_final bias · direction + b_U), and a `residual` term: every path through three or
   more heads (and through heads outside `layers`), so the terms sum to the logit exactly.
+
+Every family is exact (the terms sum to the model's logit to float64 rounding of fp32 activations), because
+the paths are value paths and the patterns are frozen:
+- rotary positions (GPT-NeoX, Llama, Mistral, Qwen2) act on q and k only, so they are inside the frozen
+  patterns; nothing positional is written to the residual stream (no `pos_embed` source). What this method
+  does not do is split a pattern into per-path QK terms (Q-/K-composition): with rotary q/k such a term
+  would depend on the query-key distance, and here none is formed.
+- RMSNorm (Llama, Mistral, Qwen2) is frozen like LayerNorm, minus the centring: its frozen form is
+  x -> w * x / scale, and it has no bias (the `unembed_bias` is then just b_U).
+- grouped-query attention: each query head h is its own path node, reading its kv head's W_V
+  (`attn.W_V[h]` is kv head h // group) through its own pattern and writing through its own W_O.
+- parallel blocks (GPT-NeoX): a head of layer l reads resid_pre[l], which holds the MLPs of layers < l
+  only, exactly as in sequential blocks, so the sources each head can read are the same.
+- sliding windows (Mistral, Qwen2) are in the frozen patterns (zeros outside the window).
 
 Computed backwards: the target is a linear functional on the final residual stream; pulling it back
 through head h (adjoint of `x -> A_h (LN_frozen(x) W_V W_O)`) gives a functional on the residual
@@ -104,8 +119,9 @@ class PathAttribution:
         return "\n".join(["| path | contribution |", "|---|---:|", *rows, *totals])
 
 
-def _centre(vectors: Tensor) -> Tensor:
-    return vectors - vectors.mean(-1, keepdim=True)
+def _centre(vectors: Tensor, norm: torch.nn.Module) -> Tensor:
+    """The adjoint of the norm's centring: subtract the mean for LayerNorm, nothing for RMSNorm."""
+    return vectors - vectors.mean(-1, keepdim=True) if norm.centres else vectors
 
 
 def _gain(module: torch.nn.Module, like: Tensor) -> Tensor:
@@ -119,7 +135,7 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
     """Attribute one logit (`answer`), a logit difference (`answer` - `wrong`) or the component of the
     final LayerNorm's output along `direction` at `position` of a single sequence, to paths (module doc).
 
-    direction `[d_model]` is read from the final LayerNorm's output *including its gain and bias* (the
+    direction `[d_model]` is read from the final norm's output *including its gain and bias* (the
     space W_U reads), so `direction=W_U[:, t]` equals `answer=t` minus b_U[t]; on an unfolded and a
     fold_ln model the same vector means different things.
     answer/wrong: token ids or single-token strings. layers: the layers whose heads are expanded
@@ -141,7 +157,8 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
     else:
         unembed = model.W_U[:, answer_id].detach()
         unembed = unembed - model.W_U[:, wrong_id].detach() if wrong_id is not None else unembed
-    wanted = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post"] + [
+    wanted = [name for name in ("hook_embed", "hook_pos_embed") if name in model.hook_dict] + [
+        "ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post"] + [
         f"blocks.{layer}.{name}" for layer in range(cfg.n_layers)
         for name in ("attn.hook_pattern", "ln1.hook_scale", "hook_mlp_out")]
     logits, cache = model.run_with_cache(tokens, names_filter=wanted)
@@ -150,7 +167,8 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
 
     # The target as a functional on the final residual stream: only position q is read.
     final = torch.zeros(n_pos, cfg.d_model, dtype=torch.float64, device=device)
-    final[q] = _centre(_gain(model.ln_final, unembed) * unembed).double() / cache["ln_final.hook_scale"][0, q].double()
+    final[q] = _centre(_gain(model.ln_final, unembed) * unembed, model.ln_final).double() / \
+        cache["ln_final.hook_scale"][0, q].double()
     unembed_bias = 0.0
     if model.ln_final.b is not None:
         unembed_bias += float(model.ln_final.b.double() @ unembed.double())
@@ -189,8 +207,9 @@ def path_attribution(model: HookedTransformer, input: ModelInput, answer: int | 
 
 def _pull_back(model: HookedTransformer, cache, layer: int, functional: Float[Tensor, "... pos d_model"]
                ) -> Float[Tensor, "head ... pos d_model"]:
-    """Adjoint of every head of `layer` (frozen pattern and ln1 scale): functionals on its output
-    `[..., pos, d_model]` -> functionals on the residual stream before the layer `[head, ..., pos, d_model]`."""
+    """Adjoint of every (query) head of `layer` (frozen pattern and ln1 scale): functionals on its output
+    `[..., pos, d_model]` -> functionals on the residual stream before the layer `[head, ..., pos, d_model]`.
+    Under grouped-query attention `attn.W_V` is per query head (kv head h // group, repeated)."""
     attn, ln1 = model.blocks[layer].attn, model.blocks[layer].ln1
     pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0].double()  # [head, query, key]
     scale = cache[f"blocks.{layer}.ln1.hook_scale"][0].double()  # [pos, 1]
@@ -200,12 +219,14 @@ def _pull_back(model: HookedTransformer, cache, layer: int, functional: Float[Te
     through_O = torch.einsum("...qd,hed->h...qe", functional, W_O)
     through_pattern = torch.einsum("hqk,h...qe->h...ke", pattern, through_O)
     through_V = torch.einsum("h...ke,hme->h...km", through_pattern, W_V)
-    return _centre(gain * through_V) / scale
+    return _centre(gain * through_V, ln1) / scale
 
 
 def _sources(model: HookedTransformer, cache) -> tuple[list[str], Int[Tensor, "source"], Float[Tensor, "source pos d_model"]]:
     """What is written to the residual stream and not expanded further, and the layer each follows (-1: none)."""
-    names, after, vectors = ["embed", "pos_embed"], [-1, -1], [cache["hook_embed"][0], cache["hook_pos_embed"][0]]
+    names, after, vectors = ["embed"], [-1], [cache["hook_embed"][0]]
+    if "hook_pos_embed" in model.hook_dict:  # learned positions; rotary models write nothing positional
+        names, after, vectors = names + ["pos_embed"], after + [-1], vectors + [cache["hook_pos_embed"][0]]
     n_pos = cache["hook_embed"].shape[1]
     for layer, block in enumerate(model.blocks):
         attn = block.attn
