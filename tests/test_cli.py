@@ -110,3 +110,10 @@ def test_info_and_heads_on_every_family_directory(capsys, tmp_path, case):
     expected = direct_repeated_scores(attentions, protocol["length"])
     for name, values in expected.items():
         assert torch.allclose(torch.tensor(report["scores"][name], dtype=torch.float64), values, atol=1e-6), name
+
+
+def test_heads_on_the_bundled_llama_model(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "heads", "--model", "interp-toy-llama", "--out", str(tmp_path), "--no-progress",
+                           "--random-repeated", "16")
+    assert code == 0 and "L1H3" in out and "L0H1" in out  # its induction and previous-token heads (model card)
+    assert (tmp_path / "interp-toy-llama" / "repeated" / "report.html").exists()
