@@ -83,6 +83,8 @@ def main() -> None:
             for batch, pos in shapes:
                 tokens = torch.randint(0, config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(0))
                 difference = float((hf(tokens).logits.log_softmax(-1) - model(tokens).log_softmax(-1)).abs().max())
+                for run in runners.values():  # warm-up
+                    run(tokens)
                 times: dict[str, list[float]] = {name: [] for name in runners}
                 for _ in range(reps):
                     for name, run in runners.items():

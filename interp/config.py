@@ -76,6 +76,7 @@ class Config:
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | None = None  # where generate(stop_at_eos=True) stops; GPT-2's equals its BOS id
+    extra_eos_token_ids: tuple[int, ...] = ()  # further ids that end a generation (Llama 3 lists three)
     model_type: str = "gpt2"  # the `transformers` family this config came from (see interp.adapters)
     model_name: str = "custom"
 
@@ -121,11 +122,19 @@ class Config:
                 raise ValueError(f"sliding_window_layers={layers} needs a sliding_window and layers in "
                                  f"[0, {self.n_layers}).")
             object.__setattr__(self, "sliding_window_layers", layers)
-        for name in ("bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
+        object.__setattr__(self, "extra_eos_token_ids", tuple(self.extra_eos_token_ids))
+        if self.extra_eos_token_ids and self.eos_token_id is None:
+            raise ValueError("extra_eos_token_ids needs an eos_token_id (the first of them).")
+        for name, value in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] + [
+                ("extra_eos_token_ids", value) for value in self.extra_eos_token_ids]:
             if value is not None and not 0 <= value < self.d_vocab:
                 raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.d_vocab}); "
                                  "set it to a valid id or None.")
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation: eos_token_id, then extra_eos_token_ids."""
+        return (() if self.eos_token_id is None else (self.eos_token_id,)) + self.extra_eos_token_ids
 
     def window_of(self, layer: int) -> int | None:
         """The sliding window of `layer`'s attention, or None for full causal attention."""

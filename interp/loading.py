@@ -22,7 +22,7 @@ from interp.files import read_json
 DATA_DIR = Path(__file__).parent / "data"
 BUNDLED_MODELS = {"interp-toy": DATA_DIR / "interp-toy", "interp-toy-llama": DATA_DIR / "interp-toy-llama"}
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
-HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt",
+HUB_FILES = ["config.json", "model*.safetensors", "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt",
              "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"]
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth")
 SHARD_INDEX = "model.safetensors.index.json"

@@ -7,6 +7,7 @@ TransformerLens.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Union
@@ -261,6 +262,7 @@ class HookedTransformer(nn.Module):
             raise ValueError(f"{tokens.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds n_ctx={self.cfg.n_ctx}; "
                              "generate fewer tokens or shorten the prompt.")
         eos = self.cfg.eos_token_id
+        eos_ids = torch.tensor(self.cfg.eos_token_ids, dtype=torch.long, device=tokens.device)
         if stop_at_eos and eos is None:
             raise ValueError("stop_at_eos=True but the model's config has no eos_token_id; load the model with a "
                              "config that sets it, or let max_new_tokens end the generation.")
@@ -276,9 +278,9 @@ class HookedTransformer(nn.Module):
                     kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-            if stop_at_eos:  # a finished row keeps emitting EOS while the others go on
+            if stop_at_eos:  # a finished row keeps emitting eos_token_id while the others go on
                 next_token = next_token.masked_fill(finished, eos)
-                finished |= next_token == eos
+                finished |= torch.isin(next_token, eos_ids)  # any of the config's end ids (Llama 3 has three)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
             if stop_at_eos and bool(finished.all()):
                 break
@@ -293,12 +295,28 @@ class HookedTransformer(nn.Module):
     def _apply(self, fn: Callable[[Tensor], Tensor], *args: Any, **kwargs: Any) -> HookedTransformer:
         """`.to()`, `.double()`, `.cuda()`, ... convert each parameter on its own, which would give a tied W_U its
         own storage while `cfg.tie_word_embeddings` says tied; re-tie it as a view of the converted W_E."""
-        tied = self.cfg.tie_word_embeddings and not self.W_E.is_meta and \
-            self.W_U.untyped_storage().data_ptr() == self.W_E.untyped_storage().data_ptr()
+        tied = self._tied()
         super()._apply(fn, *args, **kwargs)
         if tied:
             self.W_U = nn.Parameter(self.W_E.T, requires_grad=self.W_U.requires_grad)
         return self
+
+    def __deepcopy__(self, memo: dict) -> HookedTransformer:
+        """A deep copy whose tied W_U is again a view of its W_E (Parameter.__deepcopy__ clones each one apart)."""
+        tied = self._tied()
+        self.__dict__["__deepcopy__"] = None  # the default deepcopy for this one call
+        try:
+            copied = copy.deepcopy(self, memo)
+        finally:
+            del self.__dict__["__deepcopy__"]
+        del copied.__dict__["__deepcopy__"]
+        if tied:
+            copied.W_U = nn.Parameter(copied.W_E.T, requires_grad=copied.W_U.requires_grad)
+        return copied
+
+    def _tied(self) -> bool:
+        return self.cfg.tie_word_embeddings and not self.W_E.is_meta and \
+            self.W_U.untyped_storage().data_ptr() == self.W_E.untyped_storage().data_ptr()
 
     W_Q = property(lambda self: self._stack(lambda b: b.attn.W_Q), doc="[layer, n_heads, d_model, d_head]")
     W_K = property(lambda self: self._stack(lambda b: b.attn.W_K),

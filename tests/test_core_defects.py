@@ -78,3 +78,56 @@ def test_generation_stops_at_the_eos_id_not_the_bos_id(tiny_pair):
     no_eos = HookedTransformer.from_state_dict(dataclasses.replace(cfg, eos_token_id=None), base.state_dict())
     with pytest.raises(ValueError, match="no eos_token_id"):
         no_eos.generate(prompt, max_new_tokens=2, stop_at_eos=True)
+
+
+def test_a_deep_copy_keeps_a_tied_unembedding_tied():
+    import copy
+
+    import families
+
+    for case in ("llama_gqa", "gpt2_tied"):
+        model = copy.deepcopy(families.load(case))
+        assert model.cfg.tie_word_embeddings and same_storage(model.W_U, model.W_E)
+        with torch.no_grad():
+            model.W_E[5] += 1
+        assert torch.equal(model.W_U[:, 5], model.W_E[5])
+        assert same_storage(model.double().W_U, model.W_E)
+
+
+def test_generation_stops_at_any_of_several_eos_ids():
+    import dataclasses
+
+    import families
+
+    model = families.load("llama_gqa")
+    model.cfg = dataclasses.replace(model.cfg, eos_token_id=3, extra_eos_token_ids=(7, 9))
+    prompt = torch.tensor([[1, 2, 4]])
+    with model.hooks([("ln_final.hook_normalized", force_token_hook(model, 9))]):
+        out = model.generate(prompt, max_new_tokens=5, stop_at_eos=True)
+    assert out.tolist() == [[1, 2, 4, 9]]  # the second extra id ends it, one token in
+
+
+@pytest.mark.parametrize("case, dtype", [("llama_gqa", "bfloat16"), ("gpt2", "bfloat16"), ("neox_parallel", "float16")])
+def test_a_read_only_norm_hook_changes_nothing_in_half_precision(case, dtype):
+    """Half-precision norms take their statistics in float32 on the hooked path too, as on the fused one: a hook that
+    only reads ln scales/outputs leaves the logits bit-identical, and a large coordinate does not overflow fp16."""
+    import families
+
+    model, tokens = families.load(case, dtype=dtype), families.tokens(case)
+
+    def big(x, hook):  # one residual coordinate of 300: x² overflows fp16's 65504
+        x = x.clone()
+        x[..., 0] += 300
+        return x
+
+    readers = [(lambda name: name.endswith(("hook_scale", "hook_normalized")), lambda x, hook: None)]
+    with torch.no_grad(), model.hooks([("blocks.1.hook_resid_pre", big)]):
+        plain = model(tokens)
+        with model.hooks(readers):
+            read = model(tokens)
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.1.ln1.hook_scale")
+    assert torch.isfinite(plain).all() and torch.isfinite(cache["blocks.1.ln1.hook_scale"]).all()
+    if dtype == "bfloat16":
+        assert torch.equal(plain, read)
+    else:  # CPU F.layer_norm in fp16 rounds its affine step differently from float32-then-round: an ulp or two
+        assert (plain - read).abs().max() <= 4e-3 * plain.abs().max()

@@ -56,6 +56,19 @@ def token_id(get: Getter, key: str, vocab_size: int) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size else None
 
 
+def eos(get: Getter, vocab_size: int) -> dict[str, Any]:
+    """eos_token_id and extra_eos_token_ids of a config whose eos_token_id is an id or a list of ids (Llama 3)."""
+    value = get("eos_token_id")
+    ids = [i for i in (value if isinstance(value, (list, tuple)) else [value])
+           if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size]
+    return {"eos_token_id": ids[0] if ids else None, "extra_eos_token_ids": tuple(ids[1:])}
+
+
+def hf_eos(cfg: Config) -> int | list[int] | None:
+    """The transformers eos_token_id of a Config: one id, or a list when there are several."""
+    return list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else cfg.eos_token_id
+
+
 def interp_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     """The shape of every parameter an interp model of this config holds (built on the meta device)."""
     with torch.device("meta"):

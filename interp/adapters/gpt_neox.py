@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.adapters.base import Entry, Getter, rope, rope_parameters, same, token_id, transposed
+from interp.adapters.base import Entry, Getter, eos, hf_eos, rope, rope_parameters, same, token_id, transposed
 from interp.config import Config
 
 MODEL_TYPE = "gpt_neox"
@@ -23,7 +23,7 @@ def config(get: Getter, model_name: str) -> Config:
                   eps=get("layer_norm_eps", 1e-5), normalization="LN", parallel_blocks=get("use_parallel_residual", True),
                   attn_qkv_bias=bias, attn_out_bias=bias, mlp_bias=True,
                   tie_word_embeddings=get("tie_word_embeddings", False),
-                  bos_token_id=token_id(get, "bos_token_id", vocab_size), eos_token_id=token_id(get, "eos_token_id", vocab_size),
+                  bos_token_id=token_id(get, "bos_token_id", vocab_size), **eos(get, vocab_size),
                   model_type=MODEL_TYPE, model_name=model_name, **rope(get, d_model // n_heads, default_fraction=0.25))
 
 
@@ -34,7 +34,7 @@ def hf_config(cfg: Config) -> Any:
                          intermediate_size=cfg.d_mlp, vocab_size=cfg.d_vocab, max_position_embeddings=cfg.n_ctx,
                          hidden_act=cfg.act_fn, layer_norm_eps=cfg.eps, use_parallel_residual=cfg.parallel_blocks,
                          attention_bias=cfg.attn_qkv_bias, tie_word_embeddings=cfg.tie_word_embeddings,
-                         rope_parameters=rope_parameters(cfg), bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+                         rope_parameters=rope_parameters(cfg), bos_token_id=cfg.bos_token_id, eos_token_id=hf_eos(cfg),
                          hidden_dropout=0.0, attention_dropout=0.0)
 
 

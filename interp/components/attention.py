@@ -143,7 +143,8 @@ class Attention(nn.Module):
 
     def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
         n_query, n_key = q.shape[1], k.shape[1]
-        mask = {"is_causal": True} if self.window is None and n_query == n_key else \
+        window_binds = self.window is not None and n_key > self.window  # Mistral's 4096 rarely does
+        mask = {"is_causal": True} if n_query == n_key and not window_binds else \
             {"attn_mask": causal_mask(n_query, n_key, self.window, q.device)}
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            enable_gqa=self.group > 1, **mask)

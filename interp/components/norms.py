@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interp.components.functional import layer_norm_scale, rms_norm_scale
+from interp.components.functional import layer_norm_scale, rms_norm_scale, wide
 from interp.hooks import HookPoint
 
 
@@ -44,12 +44,25 @@ class Norm(nn.Module):
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         if not (self.hook_scale.has_hooks or self.hook_normalized.has_hooks):
             return self._fused(x)
-        scale, normalized = self.scale_and_normalized(x)
-        scale = self.hook_scale(scale)
-        normalized = self.hook_normalized(self._normalize(x, scale))
+        full_scale = self._wide_scale(x)
+        scale = full_scale.to(x.dtype)
+        hooked = self.hook_scale(scale)
+        # Divide by the full-precision scale unless a hook replaced it: a read-only hook must not change the output.
+        full = self._normalize(wide(x), full_scale if hooked is scale else wide(hooked))
+        normalized = full.to(x.dtype)
+        seen = self.hook_normalized(normalized)
+        return self._output(full if seen is normalized else wide(seen), seen)
+
+    def _output(self, full: Tensor, normalized: Tensor) -> Tensor:
+        """The norm's output from its normalized input, at full precision (`full`) or as the hook left it; rounds as
+        the fused path does (RMSNorm: gain times the rounded value, as transformers; LayerNorm: affine in float32)."""
         return self._affine(normalized)
 
-    def _normalize(self, x: Tensor, scale: Tensor) -> Tensor:  # recomputed from a possibly edited scale
+    def _wide_scale(self, x: Tensor) -> Tensor:
+        """The scale in at least float32 (see `interp.components.functional.wide`)."""
+        raise NotImplementedError
+
+    def _normalize(self, x: Tensor, scale: Tensor) -> Tensor:  # from a possibly edited scale, in x's (wide) dtype
         raise NotImplementedError
 
     def _affine(self, normalized: Tensor) -> Tensor:
@@ -72,6 +85,10 @@ class LayerNormPre(Norm):
     def scale_and_normalized(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return layer_norm_scale(x, self.eps)
 
+    def _wide_scale(self, x: Tensor) -> Tensor:
+        centered = wide(x) - wide(x).mean(-1, keepdim=True)
+        return (centered.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
     def _normalize(self, x: Tensor, scale: Tensor) -> Tensor:
         return (x - x.mean(-1, keepdim=True)) / scale
 
@@ -93,6 +110,9 @@ class LayerNorm(LayerNormPre):
     def _affine(self, normalized: Tensor) -> Tensor:
         return normalized * self.w + self.b
 
+    def _output(self, full: Tensor, normalized: Tensor) -> Tensor:
+        return self._affine(full).to(normalized.dtype)  # F.layer_norm applies w and b before rounding
+
     def _fused(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
 
@@ -108,12 +128,15 @@ class RMSNormPre(Norm):
     def scale_and_normalized(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return rms_norm_scale(x, self.eps)
 
+    def _wide_scale(self, x: Tensor) -> Tensor:
+        return (wide(x).pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
     def _normalize(self, x: Tensor, scale: Tensor) -> Tensor:
-        return (x.float() / scale.float()).to(x.dtype)
+        return x / scale
 
     def _fused(self, x: Tensor) -> Tensor:
-        wide = x.float()  # as transformers' LlamaRMSNorm: float32 statistics, cast back before the gain
-        return (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        full = wide(x)  # as transformers' LlamaRMSNorm: float32 statistics, cast back before the gain
+        return (full * torch.rsqrt(full.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
     def folded(self) -> Norm:
         return self
