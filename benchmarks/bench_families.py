@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
-from bench_forward import HERE, machine, write_section
+from bench_forward import HERE, interleaved_medians_ms, machine, write_section
 
 from interp import HookedTransformer
 
@@ -83,16 +81,7 @@ def main() -> None:
             for batch, pos in shapes:
                 tokens = torch.randint(0, config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(0))
                 difference = float((hf(tokens).logits.log_softmax(-1) - model(tokens).log_softmax(-1)).abs().max())
-                for run in runners.values():  # warm-up
-                    run(tokens)
-                times: dict[str, list[float]] = {name: [] for name in runners}
-                for _ in range(reps):
-                    for name, run in runners.items():
-                        start = time.perf_counter()
-                        out = run(tokens)
-                        times[name].append(time.perf_counter() - start)
-                        del out
-                r = {name: statistics.median(values) * 1000 for name, values in times.items()}
+                r = interleaved_medians_ms(runners, tokens, reps)
                 results[label][f"{batch}x{pos}"] = {**r, "max_logprob_diff": difference}
                 print(f"{label} {batch}x{pos}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in r.items()), file=sys.stderr)
                 rows.append(f"| {label} | {n_parameters / 1e6:.0f}M | {batch}x{pos} | {r['hf_sdpa']:.1f} | "

@@ -48,6 +48,20 @@ def peak_rss_of(fn) -> int:
     return peak - before
 
 
+def interleaved_medians_ms(runners: dict, tokens: torch.Tensor, reps: int) -> dict[str, float]:
+    """Each runner's median time (ms) on `tokens` over `reps` rounds, the runners interleaved, after one warm-up call each."""
+    for run in runners.values():
+        run(tokens)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(reps):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            out = run(tokens)
+            times[name].append(time.perf_counter() - start)
+            del out
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -93,16 +107,7 @@ def main() -> None:
     with torch.no_grad():
         for batch, pos in shapes:
             tokens = torch.randint(0, config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(0))
-            for run in runners.values():  # warm-up
-                run(tokens)
-            times: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(reps):
-                for name, run in runners.items():
-                    start = time.perf_counter()
-                    out = run(tokens)
-                    times[name].append(time.perf_counter() - start)
-                    del out
-            results[f"{batch}x{pos}"] = {name: statistics.median(values) * 1000 for name, values in times.items()}
+            results[f"{batch}x{pos}"] = interleaved_medians_ms(runners, tokens, reps)
             print(f"{batch}x{pos}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in results[f'{batch}x{pos}'].items()),
                   file=sys.stderr)
         tokens = torch.randint(0, config.vocab_size, memory_shape, generator=torch.Generator().manual_seed(0))
