@@ -53,7 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is loaded from a loca
 import torch
 from transformers import GPT2LMHeadModel
 
-from bench_forward import machine, peak_rss_of, write_section
+from bench_forward import machine, peak_rss_of, time_interleaved, write_section
 from interp import HookedTransformer
 from interp.analysis.heads import SCORE_TYPES, protocol_tokens, repeated_score_sums
 from interp.testing import hf_config
@@ -140,20 +140,6 @@ def make_runners(directory: Path, ours: HookedTransformer, tl: Any, tl_raw: Any,
     runners["interp_block_outputs"] = (f"interp run_with_cache, {n_layers} resid_post",
                                        lambda t: ours.run_with_cache(t, names_filter=resid_post))
     return runners
-
-
-def time_interleaved(calls: dict[str, Runner], tokens: Any, reps: int) -> dict[str, float]:
-    """Median milliseconds per call: one warm-up call each, then `reps` rounds calling each in turn."""
-    for call in calls.values():
-        call(tokens)
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    for _ in range(reps):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            result = call(tokens)
-            times[key].append(time.perf_counter() - start)
-            del result
-    return {key: statistics.median(values) * 1000 for key, values in times.items()}
 
 
 def tl_recipe_head_scores(tl: Any, tokens: torch.Tensor, length: int, batch_size: int) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 import torch
-from bench_forward import HERE, interleaved_medians_ms, machine, write_section
+from bench_forward import HERE, time_interleaved, machine, write_section
 
 from interp import HookedTransformer
 
@@ -81,7 +81,7 @@ def main() -> None:
             for batch, pos in shapes:
                 tokens = torch.randint(0, config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(0))
                 difference = float((hf(tokens).logits.log_softmax(-1) - model(tokens).log_softmax(-1)).abs().max())
-                r = interleaved_medians_ms(runners, tokens, reps)
+                r = time_interleaved(runners, tokens, reps)
                 results[label][f"{batch}x{pos}"] = {**r, "max_logprob_diff": difference}
                 print(f"{label} {batch}x{pos}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in r.items()), file=sys.stderr)
                 rows.append(f"| {label} | {n_parameters / 1e6:.0f}M | {batch}x{pos} | {r['hf_sdpa']:.1f} | "

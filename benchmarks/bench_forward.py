@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,18 +49,18 @@ def peak_rss_of(fn) -> int:
     return peak - before
 
 
-def interleaved_medians_ms(runners: dict, tokens: torch.Tensor, reps: int) -> dict[str, float]:
-    """Each runner's median time (ms) on `tokens` over `reps` rounds, the runners interleaved, after one warm-up call each."""
-    for run in runners.values():
-        run(tokens)
-    times: dict[str, list[float]] = {name: [] for name in runners}
+def time_interleaved(calls: dict, tokens: Any, reps: int) -> dict[str, float]:
+    """Median milliseconds per call: one warm-up call each, then `reps` rounds calling each in turn."""
+    for call in calls.values():
+        call(tokens)
+    times: dict[str, list[float]] = {key: [] for key in calls}
     for _ in range(reps):
-        for name, run in runners.items():
+        for key, call in calls.items():
             start = time.perf_counter()
-            out = run(tokens)
-            times[name].append(time.perf_counter() - start)
-            del out
-    return {name: statistics.median(values) * 1000 for name, values in times.items()}
+            result = call(tokens)
+            times[key].append(time.perf_counter() - start)
+            del result
+    return {key: statistics.median(values) * 1000 for key, values in times.items()}
 
 
 def machine() -> str:
@@ -107,7 +108,7 @@ def main() -> None:
     with torch.no_grad():
         for batch, pos in shapes:
             tokens = torch.randint(0, config.vocab_size, (batch, pos), generator=torch.Generator().manual_seed(0))
-            results[f"{batch}x{pos}"] = interleaved_medians_ms(runners, tokens, reps)
+            results[f"{batch}x{pos}"] = time_interleaved(runners, tokens, reps)
             print(f"{batch}x{pos}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in results[f'{batch}x{pos}'].items()),
                   file=sys.stderr)
         tokens = torch.randint(0, config.vocab_size, memory_shape, generator=torch.Generator().manual_seed(0))
