@@ -63,7 +63,12 @@ def qk_circuit(model: HookedTransformer, layer: int | None = None, head: int | N
     rotation: exact for a key at the query's own position and for unrotated dims, not the score at other
     relative positions (module doc)."""
     check_head(model, layer, head)
-    return _heads_of(model.QK, layer, head)
+    if layer is None:
+        return _heads_of(model.QK, layer, head)
+    attn = model.blocks[layer].attn  # one layer's weights only (model.QK would stack every layer's)
+    if head is None:
+        return FactoredMatrix(attn.W_Q, attn.W_K.transpose(-1, -2))
+    return FactoredMatrix(attn.W_Q[head], attn.W_K_kv[head % attn.n_heads // attn.group].T)
 
 
 @torch.no_grad()
@@ -72,7 +77,12 @@ def ov_circuit(model: HookedTransformer, layer: int | None = None, head: int | N
     residual stream for each unit of attention to a source vector `x` (`x @ W_OV`). Per query head
     (grouped-query: the shared kv head's W_V with the query head's own W_O); positions play no part."""
     check_head(model, layer, head)
-    return _heads_of(model.OV, layer, head)
+    if layer is None:
+        return _heads_of(model.OV, layer, head)
+    attn = model.blocks[layer].attn  # one layer's weights only
+    if head is None:
+        return FactoredMatrix(attn.W_V, attn.W_O)
+    return FactoredMatrix(attn.W_V_kv[head % attn.n_heads // attn.group], attn.W_O[head])
 
 
 @torch.no_grad()
