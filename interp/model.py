@@ -298,7 +298,7 @@ class HookedTransformer(nn.Module):
         tied = self._tied()
         super()._apply(fn, *args, **kwargs)
         if tied:
-            self.W_U = nn.Parameter(self.W_E.T, requires_grad=self.W_U.requires_grad)
+            self._tie()
         return self
 
     def __deepcopy__(self, memo: dict) -> HookedTransformer:
@@ -311,12 +311,15 @@ class HookedTransformer(nn.Module):
             del self.__dict__["__deepcopy__"]
         del copied.__dict__["__deepcopy__"]
         if tied:
-            copied.W_U = nn.Parameter(copied.W_E.T, requires_grad=copied.W_U.requires_grad)
+            copied._tie()
         return copied
 
     def _tied(self) -> bool:
         return self.cfg.tie_word_embeddings and not self.W_E.is_meta and \
             self.W_U.untyped_storage().data_ptr() == self.W_E.untyped_storage().data_ptr()
+
+    def _tie(self) -> None:
+        self.W_U = nn.Parameter(self.W_E.T, requires_grad=self.W_U.requires_grad)
 
     W_Q = property(lambda self: self._stack(lambda b: b.attn.W_Q), doc="[layer, n_heads, d_model, d_head]")
     W_K = property(lambda self: self._stack(lambda b: b.attn.W_K),

@@ -163,8 +163,7 @@ def process_weights_(model: Model, fold_ln: bool | None = None, center_writing_w
         return model
     first = STEPS.index(new[0])
     steps = [step for step in STEPS[first:] if asked[step] or model.processing[step]]
-    if "center_writing_weights" in steps and not all(norm.centres for norm in _norms(model)):
-        STEP_FUNCTIONS["center_writing_weights"]({}, model.cfg)  # raises, saying why (the norms do not remove the mean)
+    # Computed on a copy before the model changes: a refused step (center_writing_weights on RMSNorm) leaves it intact.
     new_state = process_state_dict(dict(model.state_dict()), model.cfg, steps)
     if "fold_ln" in steps:  # each norm becomes its folded form (same eps, same hook points)
         for block in model.blocks:
@@ -175,10 +174,6 @@ def process_weights_(model: Model, fold_ln: bool | None = None, center_writing_w
     if model.cfg.tie_word_embeddings and model.W_U.untyped_storage().data_ptr() != model.W_E.untyped_storage().data_ptr():
         model.cfg = dataclasses.replace(model.cfg, tie_word_embeddings=False)  # processing gave W_U its own tensor
     return model
-
-
-def _norms(model: Model) -> list[Any]:
-    return [norm for block in model.blocks for norm in (block.ln1, block.ln2)] + [model.ln_final]
 
 
 def require_processing(model: Model, *steps: str, purpose: str) -> None:

@@ -1,4 +1,4 @@
-"""Pure tensor functions the components share: the fused affine map, activations, norm scales and masks."""
+"""Pure tensor functions the components share: the fused affine map, activations, widening, softmax and masks."""
 
 from __future__ import annotations
 
@@ -42,21 +42,6 @@ def wide(x: Tensor) -> Tensor:
     """x in at least float32: norm statistics of half-precision inputs overflow (fp16: x² > 65504 for |x| > 256)
     or round (bf16) otherwise; `transformers` computes them in float32 too."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def layer_norm_scale(x: Float[Tensor, "... d_model"], eps: float) -> tuple[Float[Tensor, "... 1"], Float[Tensor, "... d_model"]]:
-    """(scale, normalized) of LayerNorm: scale = sqrt(var + eps) of the centred input, normalized = centred / scale.
-    Computed in at least float32, returned in x's dtype."""
-    centered = wide(x) - wide(x).mean(-1, keepdim=True)
-    scale = (centered.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    return scale.to(x.dtype), (centered / scale).to(x.dtype)
-
-
-def rms_norm_scale(x: Float[Tensor, "... d_model"], eps: float) -> tuple[Float[Tensor, "... 1"], Float[Tensor, "... d_model"]]:
-    """(scale, normalized) of RMSNorm (Zhang & Sennrich 2019): scale = sqrt(mean(x²) + eps), normalized = x / scale.
-    No centring. Computed in at least float32 (as `transformers` does), returned in x's dtype."""
-    scale = (wide(x).pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    return scale.to(x.dtype), (wide(x) / scale).to(x.dtype)
 
 
 def softmax(scores: Float[Tensor, "... key_pos"]) -> Float[Tensor, "... key_pos"]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interp.components.functional import layer_norm_scale, rms_norm_scale, wide
+from interp.components.functional import wide
 from interp.hooks import HookPoint
 
 
@@ -39,7 +39,9 @@ class Norm(nn.Module):
 
     def scale_and_normalized(self, x: Float[Tensor, "... d_model"]
                              ) -> tuple[Float[Tensor, "... 1"], Float[Tensor, "... d_model"]]:
-        raise NotImplementedError
+        """(scale, normalized) without hooks, computed in at least float32 and returned in x's dtype."""
+        scale = self._wide_scale(x)
+        return scale.to(x.dtype), self._normalize(wide(x), scale).to(x.dtype)
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         if not (self.hook_scale.has_hooks or self.hook_normalized.has_hooks):
@@ -82,9 +84,6 @@ class Norm(nn.Module):
 class LayerNormPre(Norm):
     """LayerNorm without gain or bias: centre, then divide by `hook_scale`."""
 
-    def scale_and_normalized(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return layer_norm_scale(x, self.eps)
-
     def _wide_scale(self, x: Tensor) -> Tensor:
         centered = wide(x) - wide(x).mean(-1, keepdim=True)
         return (centered.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
@@ -124,9 +123,6 @@ class RMSNormPre(Norm):
     """RMSNorm without gain: divide by `hook_scale` = sqrt(mean(x²) + eps); no centring."""
 
     centres = False
-
-    def scale_and_normalized(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return rms_norm_scale(x, self.eps)
 
     def _wide_scale(self, x: Tensor) -> Tensor:
         return (wide(x).pow(2).mean(-1, keepdim=True) + self.eps).sqrt()

@@ -40,12 +40,12 @@ def inverse_frequencies(rotary_dim: int, base: float, scaling: RopeScaling | Non
 
 class Rotary:
     """Applies RoPE to `[batch, pos, heads, d_head]` tensors. Not an nn.Module: it holds no weights, only the
-    inverse frequencies (made on first use on the input's device) and the last cos/sin table."""
+    inverse frequencies (made on first use) and the last cos/sin table."""
 
     def __init__(self, d_head: int, rotary_dim: int, base: float, scaling: RopeScaling | None) -> None:
         self.d_head, self.rotary_dim = d_head, rotary_dim
         self.base, self.scaling = base, scaling
-        self._inv_freq = inverse_frequencies(rotary_dim, base, scaling) if not _on_meta() else None
+        self._inv_freq: Tensor | None = None  # made on first use (models are built on the meta device)
         self._table: tuple[Tensor, Tensor, Tensor] | None = None
 
     def angles(self, positions: Int[Tensor, "batch pos"], like: Tensor
@@ -86,7 +86,3 @@ class InterleavedRotary(Rotary):
     def _turn(self, x: Tensor) -> Tensor:
         pairs = x.unflatten(-1, (-1, 2))
         return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-
-
-def _on_meta() -> bool:
-    return torch.empty(0).is_meta  # models are built under `with torch.device("meta")` before weights are assigned
