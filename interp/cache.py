@@ -42,8 +42,11 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __init__(self, cache_dict: dict[str, Tensor], model: Model, has_batch_dim: bool = True,
                  derived: dict[str, Derivation] | None = None, inputs: dict[str, Tensor] | None = None,
-                 order: Iterable[str] | None = None, dtype: torch.dtype | None = None, from_run: bool = False) -> None:
+                 order: Iterable[str] | None = None, dtype: torch.dtype | None = None, from_run: bool = False,
+                 attention_mask: Tensor | None = None) -> None:
         self.cache_dict = cache_dict  # what has been computed
+        # [batch, pos] bool, True at real tokens, of the run (None for a hand-built cache: every position real)
+        self.attention_mask = attention_mask
         # True when model.run_with_cache built it: its entries are activations of one forward (a hand-built
         # cache may hold gradients, which per-component stacks check for; see decompose._check_adds_up).
         self.from_run = from_run
@@ -104,7 +107,7 @@ class ActivationCache(Mapping[str, Tensor]):
         """A cache with every tensor moved to `device` (tensors already there are not copied)."""
         return type(self)({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, self.has_batch_dim,
                           self.derived, {k: v.to(device) for k, v in self.inputs.items()}, self._order, self.dtype,
-                          self.from_run)
+                          self.from_run, None if self.attention_mask is None else self.attention_mask.to(device))
 
     def remove_batch_dim(self) -> ActivationCache:
         """A cache of a single-sequence run with the batch dimension dropped (views, no copies)."""
@@ -116,7 +119,8 @@ class ActivationCache(Mapping[str, Tensor]):
                              "index one sequence instead, e.g. run on tokens[:1].")
         derived = {k: (names, _unbatched(fn)) for k, (names, fn) in self.derived.items()}
         return type(self)({k: v[0] for k, v in self.cache_dict.items()}, self.model, False, derived,
-                          {k: v[0] for k, v in self.inputs.items()}, self._order, self.dtype, self.from_run)
+                          {k: v[0] for k, v in self.inputs.items()}, self._order, self.dtype, self.from_run,
+                          None if self.attention_mask is None else self.attention_mask[0])
 
     # ----- residual-stream decompositions: thin wrappers of `interp.analysis.decompose` ------------
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
@@ -197,6 +201,11 @@ class GradientCache(ActivationCache):
         return f"GradientCache({len(self)} gradients, e.g. {self._order[:3]})"
 
 
+def _like(key_mask: Tensor | None, q: Tensor) -> Tensor | None:
+    """The run's key mask on q's device (the cache may have been moved)."""
+    return None if key_mask is None else key_mask.to(q.device)
+
+
 def _unbatched(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return lambda *inputs: fn(*(x[None] for x in inputs))[0]
 
@@ -205,9 +214,10 @@ _ATTENTION = re.compile(r"blocks\.(\d+)\.attn\.hook_(attn_scores|pattern)$")
 _LAYER_NORM = re.compile(r"(?:blocks\.(\d+)\.(ln1|ln2)|ln_final)\.hook_(scale|normalized)$")
 
 
-def derivation(model: Model, name: str, selected: Iterable[str]) -> Derivation | None:
+def derivation(model: Model, name: str, selected: Iterable[str], key_mask: Tensor | None = None) -> Derivation | None:
     """(source hook names, function of their activations) that computes `name` after the run, or None
-    when it must be captured (a hook on it or on what it depends on could change it)."""
+    when it must be captured (a hook on it or on what it depends on could change it). `key_mask`: the run's
+    padding (True = real token), which the scores mask as the forward did."""
     match = _ATTENTION.match(name)
     if match:
         layer, which = int(match.group(1)), match.group(2)
@@ -217,8 +227,8 @@ def derivation(model: Model, name: str, selected: Iterable[str]) -> Derivation |
         rotated = f"blocks.{layer}.attn.hook_rot_q" in model.hook_dict  # rotary: scores read the rotated q/k
         sources = [f"blocks.{layer}.attn.hook_{'rot_' if rotated else ''}{x}" for x in "qk"]
         if which == "attn_scores":
-            return sources, attn.scores
-        return sources, lambda q, k: softmax(attn.scores(q, k))
+            return sources, lambda q, k: attn.scores(q, k, _like(key_mask, q))
+        return sources, lambda q, k: softmax(attn.scores(q, k, _like(key_mask, q)))
     match = _LAYER_NORM.match(name)
     if not match:
         return None

@@ -77,6 +77,7 @@ class Config:
     bos_token_id: int | None = None
     eos_token_id: int | None = None  # where generate(stop_at_eos=True) stops; GPT-2's equals its BOS id
     extra_eos_token_ids: tuple[int, ...] = ()  # further ids that end a generation (Llama 3 lists three)
+    pad_token_id: int | None = None  # what padding is filled with, if the checkpoint names one (the mask marks it)
     model_type: str = "gpt2"  # the `transformers` family this config came from (see interp.adapters)
     model_name: str = "custom"
 
@@ -125,7 +126,8 @@ class Config:
         object.__setattr__(self, "extra_eos_token_ids", tuple(self.extra_eos_token_ids))
         if self.extra_eos_token_ids and self.eos_token_id is None:
             raise ValueError("extra_eos_token_ids needs an eos_token_id (the first of them).")
-        for name, value in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] + [
+        for name, value in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id),
+                            ("pad_token_id", self.pad_token_id)] + [
                 ("extra_eos_token_ids", value) for value in self.extra_eos_token_ids]:
             if value is not None and not 0 <= value < self.d_vocab:
                 raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.d_vocab}); "

@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from interp import names as hook_names_table
@@ -23,6 +23,7 @@ from interp import processing as processing_module
 from interp import tokens as tokens_module
 from interp.cache import ActivationCache, derivation
 from interp.components import Block, affine, factory
+from interp.components.context import CachedContext, Context, KVCache, positions_from_mask
 from interp.config import Config
 from interp.factored import FactoredMatrix
 from interp.hooks import HookFn, HookPoint, NamesFilter, attached, hook_table, resolve_names, unknown_name_error
@@ -112,28 +113,66 @@ class HookedTransformer(nn.Module):
             return self(input, **forward_kwargs)
 
     # ----- forward ---------------------------------------------------------------------------
-    def forward(self, input: ModelInput, return_type: ReturnType = "logits", loss_per_token: bool = False,
-                prepend_bos: bool | None = None, stop_at_layer: int | None = None) -> Any:
+    def forward(self, input: ModelInput | Float[Tensor, "batch pos d_model"], return_type: ReturnType = "logits",
+                loss_per_token: bool = False, prepend_bos: bool | None = None, stop_at_layer: int | None = None, *,
+                attention_mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None = None,
+                padding_side: Literal["right", "left"] | None = None, start_at_layer: int | None = None,
+                tokens: Int[Tensor, "batch pos"] | None = None, past_kv_cache: KVCache | None = None) -> Any:
         """Run the model on text or token ids `[batch, pos]`.
 
-        return_type: "logits" `[batch, pos, d_vocab]`, "loss" (mean next-token cross-entropy, or
-        `[batch, pos-1]` with `loss_per_token=True`), "both" `(logits, loss)`, or None (skips
-        ln_final and the unembedding). `stop_at_layer=k` returns the residual stream before block k
-        `[batch, pos, d_model]` and runs nothing after it; a negative k counts from the end, as a slice. `prepend_bos` applies to text input only.
+        return_type: "logits" `[batch, pos, d_vocab]`, "loss" (mean next-token cross-entropy over real
+        targets), "both" `(logits, loss)`, or None (skips ln_final and the unembedding). `loss_per_token=True`
+        gives `[batch, pos-1]` instead, NaN where the target or the token predicting it is padding.
+
+        Padding. A list of strings is padded on `padding_side` ("right" by default) and masked for you.
+        Token ids take `attention_mask` `[batch, pos]` (1 = real token, 0 = padding, as `transformers`), or
+        `padding_side` alone to mask the run of `model.pad_token_id` at that end of each row. Real tokens never
+        attend to padding and take the positions they have alone, so each row equals its prompt run alone;
+        a padded position attends only to itself (defined, never NaN, and read by nothing real).
+
+        Partial forwards. `stop_at_layer=k` returns the residual stream before block k `[batch, pos, d_model]`
+        (a negative k counts from the end, as a slice). `start_at_layer=k` takes that residual stream as `input`
+        and runs blocks k.. (pass `tokens=` for a loss, `attention_mask=` for padding), as in TransformerLens.
+
+        `past_kv_cache`: a `KVCache` of the tokens before these; the forward runs only the new tokens, attends
+        to the cached ones as well, and appends its keys and values (`attention_mask` covers the new tokens).
+        `prepend_bos` applies to text input only.
         """
-        tokens = self.to_tokens(input, prepend_bos=prepend_bos) if _is_text(input) else self._checked_tokens(input)
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
-        if stop_at_layer is not None and not -self.cfg.n_layers <= stop_at_layer <= self.cfg.n_layers:
-            raise ValueError(f"stop_at_layer={stop_at_layer} is outside [{-self.cfg.n_layers}, {self.cfg.n_layers}]: "
-                             f"k runs blocks [0, k), and a negative k counts from the end as in a slice.")
-        if return_type in ("loss", "both") and tokens.shape[1] < 2:
-            raise ValueError("The loss needs at least 2 tokens per sequence (it predicts token i+1 from i).")
-        positions = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
-        residual = self._embed(self, tokens, positions)
-        for block in self.blocks[:stop_at_layer]:
-            residual = block(residual, positions)
-        if stop_at_layer is not None:
+        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        if past_kv_cache is not None and stop is not None:
+            raise ValueError("stop_at_layer with past_kv_cache would leave the cache without the later layers' "
+                             "keys and values; run the full forward, or drop past_kv_cache.")
+        if start_at_layer is None:
+            if tokens is not None:
+                raise ValueError("tokens= goes with start_at_layer (the input is then a residual stream); "
+                                 "pass the token ids as the input instead.")
+            tokens, mask = self.tokens_and_mask(input, attention_mask, padding_side, prepend_bos)
+            residual, (batch, n_pos) = None, tokens.shape
+        else:
+            residual = self._checked_residual(input, start)
+            batch, n_pos = residual.shape[:2]
+            if tokens is not None:
+                tokens = self._checked_tokens(tokens)
+                if tuple(tokens.shape) != (batch, n_pos):
+                    raise ValueError(f"tokens {tuple(tokens.shape)} must match the residual stream's [batch, pos] "
+                                     f"{(batch, n_pos)}.")
+            mask = None if attention_mask is None else \
+                tokens_module.check_attention_mask(attention_mask, (batch, n_pos), residual.device)
+            mask = None if mask is None or bool(mask.all()) else mask
+        if return_type in ("loss", "both"):
+            if tokens is None:
+                raise ValueError("The loss needs the token ids: with start_at_layer, pass tokens=[batch, pos] ids.")
+            if n_pos < 2:
+                raise ValueError("The loss needs at least 2 tokens per sequence (it predicts token i+1 from i).")
+        context = self._context(mask, batch, n_pos, past_kv_cache)
+        if residual is None:
+            residual = self._embed(self, tokens, context.position_ids)
+        for block in self.blocks[start:stop]:
+            residual = block(residual, context)
+        context.commit()
+        if stop is not None:
             return residual
         if return_type is None:  # ln_final runs only if its hooks want to see it; no unembedding
             if self.ln_final.hook_scale.has_hooks or self.ln_final.hook_normalized.has_hooks:
@@ -142,8 +181,46 @@ class HookedTransformer(nn.Module):
         logits = affine(self.ln_final(residual), self.W_U, self.b_U)
         if return_type == "logits":
             return logits
-        loss = next_token_loss(logits, tokens, per_token=loss_per_token)
+        loss = next_token_loss(logits, tokens, per_token=loss_per_token, attention_mask=mask)
         return loss if return_type == "loss" else (logits, loss)
+
+    def _layer_range(self, start_at_layer: int | None, stop_at_layer: int | None) -> tuple[int, int | None]:
+        """[start, stop) of the blocks to run, as non-negative indices (stop None: to the end)."""
+        n_layers = self.cfg.n_layers
+        for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
+            if value is not None and not -n_layers <= value <= n_layers:
+                raise ValueError(f"{name}={value} is outside [{-n_layers}, {n_layers}]: blocks [start, stop) run, "
+                                 "and a negative value counts from the end as in a slice.")
+        start = 0 if start_at_layer is None else start_at_layer if start_at_layer >= 0 else n_layers + start_at_layer
+        stop = None if stop_at_layer is None else stop_at_layer if stop_at_layer >= 0 else n_layers + stop_at_layer
+        if stop is not None and stop < start:
+            raise ValueError(f"stop_at_layer={stop_at_layer} comes before start_at_layer={start_at_layer}.")
+        return start, stop
+
+    def _checked_residual(self, residual: Any, start: int) -> Float[Tensor, "batch pos d_model"]:
+        if not isinstance(residual, Tensor) or not residual.is_floating_point() or residual.ndim != 3 \
+                or residual.shape[-1] != self.cfg.d_model:
+            what = tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__
+            raise ValueError(f"With start_at_layer={start} the input is the residual stream before block {start}, "
+                             f"a float [batch, pos, d_model={self.cfg.d_model}] tensor (e.g. "
+                             f"cache['resid_pre', {start}]), got {what}; pass the token ids as tokens=.")
+        if residual.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"The residual stream has {residual.shape[1]} positions, more than n_ctx={self.cfg.n_ctx}.")
+        return residual
+
+    def _context(self, mask: Bool[Tensor, "batch pos"] | None, batch: int, n_pos: int,
+                 cache: KVCache | None) -> Context:
+        device = self.W_E.device
+        if cache is None:
+            return Context(positions_from_mask(mask, n_pos, batch, device), mask)
+        if cache.batch_size not in (None, batch):
+            raise ValueError(f"The KVCache holds a batch of {cache.batch_size}, but this input has {batch} rows; "
+                             "use one cache per batch.")
+        if len(cache) + n_pos > self.cfg.n_ctx:
+            raise ValueError(f"{len(cache)} cached + {n_pos} new positions exceed n_ctx={self.cfg.n_ctx}.")
+        new_mask = torch.ones(batch, n_pos, dtype=torch.bool, device=device) if mask is None else mask
+        next_positions = cache.next_positions()
+        return CachedContext(positions_from_mask(new_mask, n_pos, batch, device, next_positions), new_mask, cache)
 
     def run_with_cache(self, input: ModelInput, names_filter: NamesFilter = None, device: Any = None,
                        dtype: torch.dtype | None = None, incl_bwd: bool = False,
@@ -161,8 +238,11 @@ class HookedTransformer(nn.Module):
         """
         default = [name for name in self.hook_dict if name not in self.opt_in_names]
         selected = resolve_names(self.hook_dict, names_filter, default=default, named_only=self.opt_in_names)
-        # Patterns and LayerNorm parts nobody hooks are computed from q/k or the LN input when first read.
-        plan = {} if incl_bwd else {name: how for name in selected if (how := derivation(self, name, selected))}
+        input, mask, forward_kwargs = self._resolved_input(input, forward_kwargs)
+        # Patterns and LayerNorm parts nobody hooks are computed from q/k or the LN input when first read
+        # (not with a KVCache: the scores would need the cached keys too).
+        plan = {} if incl_bwd or forward_kwargs.get("past_kv_cache") is not None else \
+            {name: how for name in selected if (how := derivation(self, name, selected, mask))}
         sources = {source for source_names, _ in plan.values() for source in source_names}
         captured = [name for name in selected if name not in plan]
         store: dict[str, Tensor] = {}
@@ -193,7 +273,7 @@ class HookedTransformer(nn.Module):
             derived = {name: how for name, how in plan.items() if all(source in raw for source in how[0])}
             order = [name for name in selected if name in store or name in derived]
             return output, ActivationCache(store, self, derived=derived, inputs=raw, order=order, dtype=dtype,
-                                           from_run=True)
+                                           from_run=True, attention_mask=self._cache_mask(mask, input))
         roots: list[Tensor] = []
 
         def make_root(activation: Tensor, hook: HookPoint) -> Tensor:
@@ -208,13 +288,72 @@ class HookedTransformer(nn.Module):
                 raise ValueError("incl_bwd=True differentiates a scalar output: use return_type='loss' or 'both'.")
             torch.autograd.grad(scalar, roots)
         order = [name for name in selected if name in store] + [name + "_grad" for name in selected if name + "_grad" in store]
-        return output, ActivationCache(store, self, order=order, from_run=True)
+        return output, ActivationCache(store, self, order=order, from_run=True,
+                                       attention_mask=self._cache_mask(mask, input))
+
+    def _resolved_input(self, input: Any, forward_kwargs: dict[str, Any]
+                        ) -> tuple[Any, Bool[Tensor, "batch pos"] | None, dict[str, Any]]:
+        """(input, padding mask, forward kwargs) with text tokenised and the mask checked, so a run and the
+        cache it fills agree on the padding."""
+        kwargs = dict(forward_kwargs)
+        attention_mask, padding_side = kwargs.pop("attention_mask", None), kwargs.pop("padding_side", None)
+        if kwargs.get("start_at_layer") is not None:
+            if padding_side is not None:
+                raise ValueError("padding_side finds padding in token ids; with start_at_layer pass attention_mask=.")
+            mask = None if attention_mask is None else tokens_module.check_attention_mask(
+                attention_mask, tuple(input.shape[:2]) if isinstance(input, Tensor) else (0, 0), self.W_E.device)
+            mask = None if mask is None or bool(mask.all()) else mask
+        else:
+            input, mask = self.tokens_and_mask(input, attention_mask, padding_side, kwargs.pop("prepend_bos", None))
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        return input, mask, kwargs
+
+    def _cache_mask(self, mask: Bool[Tensor, "batch pos"] | None, input: Tensor) -> Bool[Tensor, "batch pos"]:
+        return torch.ones(input.shape[:2], dtype=torch.bool, device=input.device) if mask is None else mask
 
     # ----- tokens ----------------------------------------------------------------------------
-    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None) -> Int[Tensor, "batch pos"]:
-        """Tokenise text (one string or a list, right-padded) to `[batch, pos]` on the model's device."""
-        tokens = tokens_module.to_tokens(self.tokenizer, input, self._prepend_bos(prepend_bos), self.cfg.bos_token_id)
-        return self._checked_tokens(tokens)
+    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None,
+                  padding_side: Literal["right", "left"] = "right") -> Int[Tensor, "batch pos"]:
+        """Tokenise text (one string or a list, padded on `padding_side`) to `[batch, pos]` on the model's
+        device. A padded batch needs its mask too: use `tokenize`, or pass the text itself to the model."""
+        return self.tokenize(input, prepend_bos, padding_side)[0]
+
+    def tokenize(self, input: str | list[str], prepend_bos: bool | None = None,
+                 padding_side: Literal["right", "left"] = "right"
+                 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """`(tokens, attention_mask)` of text, shorter rows padded on `padding_side` with `pad_token_id`
+        (1 = real token, 0 = padding); pass both on: `model(tokens, attention_mask=attention_mask)`."""
+        tokens, mask = tokens_module.to_tokens(self.tokenizer, input, self._prepend_bos(prepend_bos),
+                                               self.cfg.bos_token_id, self.pad_token_id, padding_side)
+        return self._checked_tokens(tokens), mask.to(self.W_E.device)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """The id padding is filled with: the tokenizer's pad id, else the config's, else None (text is then
+        padded with the EOS id; the attention mask, not the id, marks padding)."""
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return pad if isinstance(pad, int) else self.cfg.pad_token_id
+
+    def tokens_and_mask(self, input: ModelInput, attention_mask: Any = None, padding_side: str | None = None,
+                        prepend_bos: bool | None = None) -> tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"] | None]:
+        """Token ids and their padding mask (None: no padding) for any model input (see `forward`)."""
+        if _is_text(input):
+            if attention_mask is not None:
+                raise ValueError("Text is padded and masked for you, so attention_mask goes with token ids only; "
+                                 "pass the texts alone, or model.tokenize(texts) and its mask.")
+            tokens, mask = self.tokenize(input, prepend_bos, padding_side or "right")
+            mask = mask.bool()
+        else:
+            tokens = self._checked_tokens(input)
+            if attention_mask is not None:
+                mask = tokens_module.check_attention_mask(attention_mask, tuple(tokens.shape), tokens.device)
+            elif padding_side is not None:
+                mask = tokens_module.mask_from_padding(tokens, self.pad_token_id, padding_side, self.cfg.bos_token_id)
+                mask = tokens_module.check_attention_mask(mask, tuple(tokens.shape), tokens.device)
+            else:
+                return tokens, None
+        return tokens, None if bool(mask.all()) else mask
 
     def to_string(self, tokens: Int[Tensor, "... pos"] | list[int]) -> str | list[str]:
         return tokens_module.to_string(self.tokenizer, tokens)
@@ -243,18 +382,38 @@ class HookedTransformer(nn.Module):
 
     # ----- generation ------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, input: str | Tensor | list[int], max_new_tokens: int = 20, temperature: float = 0.0,
+    def generate(self, input: str | list[str] | Tensor | list[int], max_new_tokens: int = 20, temperature: float = 0.0,
                  top_k: int | None = None, seed: int | None = None, stop_at_eos: bool = False,
-                 prepend_bos: bool | None = None) -> str | Int[Tensor, "batch pos"]:
+                 prepend_bos: bool | None = None, *, attention_mask: Int[Tensor, "batch pos"] | None = None,
+                 use_past_kv_cache: bool = True) -> str | list[str] | Int[Tensor, "batch pos"]:
         """Continue text or tokens; greedy at temperature 0, else seeded sampling (optionally top-k).
 
-        Hooks attached with `model.hooks(...)` act on every step. Text input returns the prompt and its
-        continuation as text, without the BOS that tokenising added (`out[len(prompt):]` is the new text);
-        token input returns `[batch, pos + new]` ids, the prompt's ids included.
-        Each step reruns the whole sequence (no key/value cache), so hooks always see full activations.
+        Text returns text: the prompt and its continuation, without the BOS tokenising added (`out[len(prompt):]`
+        is the new text); a list of strings is left-padded and masked, and each row continues exactly as its
+        prompt alone would (greedy), returned as a list without padding. Token ids `[batch, pos]` return
+        `[batch, pos + new]` ids, the prompt included; a padded batch takes `attention_mask` and must be
+        left-padded (every row ends in a real token). `stop_at_eos`: a row that emits any of the config's EOS
+        ids keeps emitting `eos_token_id`, and generation ends when every row has.
+
+        Hooks attached with `model.hooks(...)` act at every step. With `use_past_kv_cache=True` (the default)
+        the first step runs the whole prompt and each later step only the new token, so a hook sees
+        `[batch, 1, ...]` activations then (keys and values of earlier tokens come from the cache: an edit of
+        hook_k/hook_v acts on the token where it was made), and attention patterns `[batch, heads, 1, pos]`.
+        `use_past_kv_cache=False` reruns the whole sequence at each step, so hooks see full activations.
         """
-        as_text = isinstance(input, str)
-        tokens = self.to_tokens(input, prepend_bos) if as_text else self._checked_tokens(input)
+        as_text = isinstance(input, str) or _is_text(input)
+        if as_text:
+            if attention_mask is not None:
+                raise ValueError("Text is padded and masked for you; attention_mask goes with token ids only.")
+            tokens, mask = self.tokenize(input, prepend_bos, padding_side="left")
+            mask = mask.bool()
+        else:
+            tokens, mask = self.tokens_and_mask(input, attention_mask)
+            mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
+        if not bool(mask[:, -1].all()):
+            raise ValueError("generate appends new tokens at the end of each row, so a padded batch must be "
+                             "left-padded (every row's last token real): use model.tokenize(texts, "
+                             "padding_side='left'), or pass the texts themselves.")
         n_added = 1 if as_text and self._prepend_bos(prepend_bos) else 0  # the BOS to_tokens put before the text
         if max_new_tokens < 0 or temperature < 0:
             raise ValueError("max_new_tokens and temperature must be >= 0.")
@@ -268,23 +427,26 @@ class HookedTransformer(nn.Module):
                              "config that sets it, or let max_new_tokens end the generation.")
         generator = torch.Generator(device=tokens.device).manual_seed(seed) if seed is not None else None
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        cache = KVCache() if use_past_kv_cache else None
+        step_tokens, step_mask = tokens, mask
         for _ in range(max_new_tokens):
-            logits = self(tokens)[:, -1, :].float()
-            if temperature == 0:
-                next_token = logits.argmax(-1)
+            if cache is not None:
+                logits = self(step_tokens, attention_mask=step_mask, past_kv_cache=cache)[:, -1, :].float()
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                logits = self(tokens, attention_mask=mask)[:, -1, :].float()
+            next_token = sample_next(logits, temperature, top_k, generator)
             if stop_at_eos:  # a finished row keeps emitting eos_token_id while the others go on
                 next_token = next_token.masked_fill(finished, eos)
                 finished |= torch.isin(next_token, eos_ids)  # any of the config's end ids (Llama 3 has three)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step_tokens, step_mask = next_token[:, None], None
             if stop_at_eos and bool(finished.all()):
                 break
-        return self.to_string(tokens[0, n_added:]) if as_text else tokens
+        if not as_text:
+            return tokens
+        texts = [self.to_string(row[real][n_added:]) for row, real in zip(tokens, mask)]
+        return texts[0] if isinstance(input, str) else texts
 
     # ----- weights, stacked over layers (circuits names) -------------------------------------
     def _stack(self, get: Callable[[Block], Tensor]) -> Tensor:
@@ -415,11 +577,31 @@ def _gated(block: Block) -> Any:
 
 
 def next_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
-                    per_token: bool = False) -> Float[Tensor, ""] | Float[Tensor, "batch pos_minus_1"]:
-    """Cross-entropy of predicting token i+1 from position i (as `transformers` shifts labels)."""
+                    per_token: bool = False, attention_mask: Bool[Tensor, "batch pos"] | None = None
+                    ) -> Float[Tensor, ""] | Float[Tensor, "batch pos_minus_1"]:
+    """Cross-entropy of predicting token i+1 from position i (as `transformers` shifts labels).
+
+    With an attention mask, only targets that are real and predicted from a real token count: the mean is
+    over those, and `per_token=True` puts NaN at the others (so `.nanmean()` is the masked mean)."""
     losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
     losses = losses.view(tokens.shape[0], -1)
-    return losses if per_token else losses.mean()
+    if attention_mask is None:
+        return losses if per_token else losses.mean()
+    real = attention_mask[:, :-1] & attention_mask[:, 1:]
+    return losses.masked_fill(~real, float("nan")) if per_token else losses[real].mean()
+
+
+def sample_next(logits: Float[Tensor, "batch d_vocab"], temperature: float, top_k: int | None,
+                generator: torch.Generator | None) -> Int[Tensor, "batch"]:
+    """The next token of each row: the argmax at temperature 0, else a draw from softmax(logits / temperature),
+    restricted to the `top_k` most likely tokens if given."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
 def _is_text(input: Any) -> bool:

@@ -174,7 +174,7 @@ def tokenize_prompts(model: HookedTransformer, prompts: list[tuple[int, str]]) -
                                      f"hold ({max_chars:,}), so longer than the model's context n_ctx={n_ctx} "
                                      "(split it into shorter lines)"))
             continue
-        tokens = tokens_module.to_tokens(model.tokenizer, text, model._prepend_bos(None), model.cfg.bos_token_id)
+        tokens, _ = tokens_module.to_tokens(model.tokenizer, text, model._prepend_bos(None), model.cfg.bos_token_id)
         if tokens.shape[1] > n_ctx:
             problems.append((number, f"{tokens.shape[1]} tokens, longer than the model's context "
                                      f"n_ctx={n_ctx} (split it into shorter lines)"))

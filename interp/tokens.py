@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 
@@ -81,12 +81,17 @@ def _require(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def to_tokens(tokenizer: Any, text: str | list[str], prepend_bos: bool, bos_token_id: int | None) -> Int[Tensor, "batch pos"]:
-    """Tokenise one string or a batch; shorter rows are right-padded with the BOS/EOS id.
+def to_tokens(tokenizer: Any, text: str | list[str], prepend_bos: bool, bos_token_id: int | None,
+              pad_token_id: int | None = None, padding_side: str = "right"
+              ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Tokenise one string or a batch: `(tokens, attention_mask)`, shorter rows padded on `padding_side`.
 
-    Right padding is safe with causal attention: the real tokens never attend to the padding.
+    The mask (1 = real token, 0 = padding, as `transformers`) is what marks the padding; `pad_token_id` is
+    only what fills it (None: the EOS id if the tokenizer has one, else 0; never meaningful once masked).
     """
     tokenizer = _require(tokenizer)
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}.")
     texts = [text] if isinstance(text, str) else list(text)
     if not texts:
         raise ValueError("No text given: pass a string or a non-empty list of strings.")
@@ -97,9 +102,62 @@ def to_tokens(tokenizer: Any, text: str | list[str], prepend_bos: bool, bos_toke
         rows = [[bos_token_id] + row for row in rows]
     if any(not row for row in rows):
         raise ValueError("Some text tokenised to zero tokens; remove empty strings or use prepend_bos=True.")
-    pad = bos_token_id if bos_token_id is not None else 0
+    if pad_token_id is None:
+        pad_token_id = getattr(tokenizer, "eos_token_id", None)
+        pad_token_id = pad_token_id if isinstance(pad_token_id, int) else 0
     width = max(len(row) for row in rows)
-    return torch.tensor([row + [pad] * (width - len(row)) for row in rows], dtype=torch.long)
+    padding = [[pad_token_id] * (width - len(row)) for row in rows]
+    ones = [[1] * len(row) for row in rows]
+    zeros = [[0] * (width - len(row)) for row in rows]
+    if padding_side == "right":
+        tokens = [row + pad for row, pad in zip(rows, padding)]
+        mask = [one + zero for one, zero in zip(ones, zeros)]
+    else:
+        tokens = [pad + row for row, pad in zip(rows, padding)]
+        mask = [zero + one for one, zero in zip(ones, zeros)]
+    return torch.tensor(tokens, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+def check_attention_mask(mask: Any, shape: tuple[int, int], device: Any) -> Bool[Tensor, "batch pos"]:
+    """An attention mask `[batch, pos]` of 0/1 (1 = real token) as a bool tensor on `device`, or a ValueError
+    naming what is wrong with it."""
+    if isinstance(mask, (list, tuple)):
+        mask = torch.tensor(mask)
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"attention_mask must be a [batch, pos] tensor of 0/1, got {type(mask).__name__}.")
+    if mask.ndim == 1 and shape[0] == 1:
+        mask = mask[None]
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but the tokens are {tuple(shape)} "
+                         "[batch, pos]; pass one 0/1 entry per token (1 = real token, 0 = padding).")
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 and 1 (1 = real token, 0 = padding), as in "
+                             "transformers; for soft or additive masks edit hook_attn_scores instead.")
+        mask = mask == 1
+    empty = (~mask.any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"attention_mask rows {empty} are all padding: each sequence needs at least one real "
+                         "token; drop those rows from the batch.")
+    return mask.to(device)
+
+
+def mask_from_padding(tokens: Int[Tensor, "batch pos"], pad_token_id: int | None, padding_side: str,
+                      bos_token_id: int | None) -> Bool[Tensor, "batch pos"]:
+    """The attention mask of token rows padded with `pad_token_id` on `padding_side`: the run of pad ids at
+    that end of each row is padding. Refused when it cannot be told apart from real tokens."""
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}.")
+    if pad_token_id is None:
+        raise ValueError(f"padding_side={padding_side!r} with token ids asks interp to find the padding by the "
+                         "pad id, but this model's tokenizer and config have no pad_token_id; pass "
+                         "attention_mask=... (1 = real token), or text, which is padded and masked for you.")
+    if padding_side == "left" and pad_token_id == bos_token_id:
+        raise ValueError(f"The pad id {pad_token_id} is also the BOS id, so left padding cannot be told apart from "
+                         "the BOS that starts each row; pass attention_mask=... (e.g. from model.tokenize).")
+    is_pad = tokens == pad_token_id
+    run = is_pad.flip(-1).cummin(-1).values.flip(-1) if padding_side == "right" else is_pad.cummin(-1).values
+    return ~run
 
 
 def to_string(tokenizer: Any, tokens: Tensor | list[int]) -> str | list[str]:

@@ -46,7 +46,10 @@ def test_hooks_act_during_generation(tiny_pair):
     plain = model.generate(prompt, max_new_tokens=3)
     with model.hooks([("ln_final.hook_normalized", force_token_5)]):
         forced = model.generate(prompt, max_new_tokens=3)
-    assert calls == [4, 5, 6]  # one full forward per step (no key/value cache yet)
+        assert calls == [4, 1, 1]  # the prompt, then only the new token (keys and values come from the cache)
+        calls.clear()
+        assert torch.equal(model.generate(prompt, max_new_tokens=3, use_past_kv_cache=False), forced)
+        assert calls == [4, 5, 6]  # one full forward per step
     assert forced[0, 4:].tolist() == [5, 5, 5] and plain[0, 4:].tolist() != [5, 5, 5]
     assert torch.equal(model.generate(prompt, max_new_tokens=3), plain)  # and the hook is gone
 

@@ -23,6 +23,7 @@ def config(get: Getter, model_name: str) -> Config:
                   d_vocab=vocab_size, n_ctx=get("n_positions"), act_fn=get("activation_function", "gelu_new"),
                   eps=get("layer_norm_epsilon", 1e-5), tie_word_embeddings=get("tie_word_embeddings", True),
                   bos_token_id=token_id(get, "bos_token_id", vocab_size),
+                  pad_token_id=token_id(get, "pad_token_id", vocab_size),
                   **eos(get, vocab_size), model_type=MODEL_TYPE, model_name=model_name)
 
 
@@ -32,7 +33,7 @@ def hf_config(cfg: Config) -> Any:
     return GPT2Config(n_layer=cfg.n_layers, n_embd=cfg.d_model, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
                       vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, activation_function=cfg.act_fn,
                       layer_norm_epsilon=cfg.eps, tie_word_embeddings=cfg.tie_word_embeddings,
-                      bos_token_id=cfg.bos_token_id, eos_token_id=hf_eos(cfg),
+                      bos_token_id=cfg.bos_token_id, pad_token_id=cfg.pad_token_id, eos_token_id=hf_eos(cfg),
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 

@@ -23,7 +23,8 @@ def config(get: Getter, model_name: str) -> Config:
                   eps=get("layer_norm_eps", 1e-5), normalization="LN", parallel_blocks=get("use_parallel_residual", True),
                   attn_qkv_bias=bias, attn_out_bias=bias, mlp_bias=True,
                   tie_word_embeddings=get("tie_word_embeddings", False),
-                  bos_token_id=token_id(get, "bos_token_id", vocab_size), **eos(get, vocab_size),
+                  bos_token_id=token_id(get, "bos_token_id", vocab_size),
+                  pad_token_id=token_id(get, "pad_token_id", vocab_size), **eos(get, vocab_size),
                   model_type=MODEL_TYPE, model_name=model_name, **rope(get, d_model // n_heads, default_fraction=0.25))
 
 
@@ -35,7 +36,7 @@ def hf_config(cfg: Config) -> Any:
                          hidden_act=cfg.act_fn, layer_norm_eps=cfg.eps, use_parallel_residual=cfg.parallel_blocks,
                          attention_bias=cfg.attn_qkv_bias, tie_word_embeddings=cfg.tie_word_embeddings,
                          rope_parameters=rope_parameters(cfg), bos_token_id=cfg.bos_token_id, eos_token_id=hf_eos(cfg),
-                         hidden_dropout=0.0, attention_dropout=0.0)
+                         pad_token_id=cfg.pad_token_id, hidden_dropout=0.0, attention_dropout=0.0)
 
 
 def entries(cfg: Config) -> list[Entry]:

@@ -29,6 +29,7 @@ def config(get: Getter, model_name: str, **family: Any) -> Config:
         normalization="RMS", gated_mlp=True, attn_qkv_bias=bool(get("attention_bias", False)),
         attn_out_bias=bool(get("attention_bias", False)), mlp_bias=bool(get("mlp_bias", False)),
         tie_word_embeddings=get("tie_word_embeddings", False), bos_token_id=token_id(get, "bos_token_id", vocab_size),
+        pad_token_id=token_id(get, "pad_token_id", vocab_size),
         **eos(get, vocab_size), model_type=MODEL_TYPE, model_name=model_name,
         **rope(get, d_head))
     fields.update(family)
@@ -40,7 +41,8 @@ def hf_config_kwargs(cfg: Config) -> dict[str, Any]:
                 num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.d_head, intermediate_size=cfg.d_mlp,
                 vocab_size=cfg.d_vocab, max_position_embeddings=cfg.n_ctx, hidden_act=cfg.act_fn, rms_norm_eps=cfg.eps,
                 tie_word_embeddings=cfg.tie_word_embeddings, rope_parameters=rope_parameters(cfg),
-                bos_token_id=cfg.bos_token_id, eos_token_id=hf_eos(cfg), attention_dropout=0.0)
+                bos_token_id=cfg.bos_token_id, pad_token_id=cfg.pad_token_id, eos_token_id=hf_eos(cfg),
+                attention_dropout=0.0)
 
 
 def hf_config(cfg: Config) -> Any:

@@ -18,10 +18,11 @@ import math
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from interp.components.functional import affine, causal_mask, softmax
+from interp.components.context import Context
+from interp.components.functional import affine, attention_allowed, softmax
 from interp.components.positions import Rotary
 from interp.hooks import HookPoint
 
@@ -38,9 +39,11 @@ def per_query_head(kv: Float[Tensor, "batch pos n_kv_heads d_head"], n_heads: in
 class Attention(nn.Module):
     """Causal attention with learned (absolute) positions, added to the residual stream before block 0."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_head: int, window: int | None = None) -> None:
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_head: int, window: int | None = None,
+                 layer: int = 0) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.d_head, self.window = n_heads, n_kv_heads, d_head, window
+        self.layer = layer  # which entry of a KVCache is this layer's
         self.group = n_heads // n_kv_heads
         self.W_QKV = nn.Parameter(torch.empty(d_model, n_heads + 2 * n_kv_heads, d_head))
         self.b_QKV = nn.Parameter(torch.zeros(n_heads + 2 * n_kv_heads, d_head))
@@ -109,29 +112,30 @@ class Attention(nn.Module):
         return self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
 
     # ----- forward -----
-    def forward(self, x: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, "batch pos"]
-                ) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Float[Tensor, "batch pos d_model"], context: Context) -> Float[Tensor, "batch pos d_model"]:
         qkv = affine(x, self.W_QKV.flatten(1), self.b_QKV.flatten())
         qkv = qkv.view(*x.shape[:2], -1, self.d_head)  # [batch, pos, n_heads + 2 n_kv_heads, d_head]
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
-        return self.attend(q, k, v, positions)
+        return self.attend(q, k, v, context)
 
     def forward_per_head_inputs(self, q_input: Float[Tensor, "batch pos n_heads d_model"],
                                 k_input: Float[Tensor, "batch pos n_kv_heads d_model"],
                                 v_input: Float[Tensor, "batch pos n_kv_heads d_model"],
-                                positions: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+                                context: Context) -> Float[Tensor, "batch pos d_model"]:
         """Attention where each head reads its own (already normalised) copy of the residual stream."""
         q, k, v = (einops.einsum(x, W, "batch pos heads d_model, heads d_model d_head -> batch pos heads d_head") + b
                    for x, W, b in ((q_input, self.W_Q, self.b_Q), (k_input, self.W_K_kv, self.b_K_kv),
                                    (v_input, self.W_V_kv, self.b_V_kv)))
-        return self.attend(q, k, v, positions)
+        return self.attend(q, k, v, context)
 
     def attend(self, q: Float[Tensor, "batch pos n_heads d_head"], k: Float[Tensor, "batch pos n_kv_heads d_head"],
-               v: Float[Tensor, "batch pos n_kv_heads d_head"], positions: Int[Tensor, "batch pos"]
-               ) -> Float[Tensor, "batch pos d_model"]:
+               v: Float[Tensor, "batch pos n_kv_heads d_head"], context: Context) -> Float[Tensor, "batch pos d_model"]:
+        """Attention of this forward's queries to its keys (and, in cached generation, the cached ones)."""
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        q, k = self.position_qk(q, k, positions)
-        z = self.hook_z(self._explicit_attention(q, k, v) if self.needs_pattern else self._fused_attention(q, k, v))
+        q, k = self.position_qk(q, k, context.position_ids)
+        k, v = context.keys_values(self.layer, k, v)
+        z = self.hook_z(self._explicit_attention(q, k, v, context) if self.needs_pattern
+                        else self._fused_attention(q, k, v, context))
         if not self.hook_result.has_hooks:
             return affine(z.reshape(*z.shape[:2], -1), self.W_O.flatten(0, 1), self.b_O)
         result = einops.einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
@@ -141,26 +145,31 @@ class Attention(nn.Module):
         """q and k as the scores read them: unchanged here (positions were added to the residual stream)."""
         return q, k
 
-    def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
-        n_query, n_key = q.shape[1], k.shape[1]
-        window_binds = self.window is not None and n_key > self.window  # Mistral's 4096 rarely does
-        mask = {"is_causal": True} if n_query == n_key and not window_binds else \
-            {"attn_mask": causal_mask(n_query, n_key, self.window, q.device)}
+    def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor, context: Context
+                         ) -> Float[Tensor, "batch pos n_heads d_head"]:
+        mask = context.sdpa_mask(q.shape[1], k.shape[1], self.window, q.device)
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            enable_gqa=self.group > 1, **mask)
         return z.transpose(1, 2)
 
-    def scores(self, q: Float[Tensor, "batch query_pos n_heads d_head"], k: Float[Tensor, "batch key_pos n_kv_heads d_head"]
+    def scores(self, q: Float[Tensor, "batch query_pos n_heads d_head"], k: Float[Tensor, "batch key_pos n_kv_heads d_head"],
+               key_mask: Bool[Tensor, "batch key_pos"] | None = None, allowed: Tensor | None = None
                ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
-        """q·k / sqrt(d_head) per query head (kv head h // group), masked entries -inf: `hook_attn_scores`."""
+        """q·k / sqrt(d_head) per query head (kv head h // group): `hook_attn_scores`. Entries a query may not
+        attend to are -inf: future keys, keys beyond the window, and padding (`key_mask` False; a padded
+        query keeps only its own key). `allowed` is that mask when the caller has made it already."""
         batch, n_query = q.shape[:2]
         grouped = q.reshape(batch, n_query, self.n_kv_heads, self.group, self.d_head)  # query head = kv * group + g
         scores = torch.matmul(grouped.permute(0, 2, 3, 1, 4), k.permute(0, 2, 3, 1)[:, :, None])
         scores = scores.reshape(batch, self.n_heads, n_query, k.shape[1]) / math.sqrt(self.d_head)
-        return scores.masked_fill_(~causal_mask(n_query, k.shape[1], self.window, q.device), float("-inf"))
+        if allowed is None:
+            allowed = attention_allowed(n_query, k.shape[1], self.window, key_mask, q.device)
+        return scores.masked_fill_(~allowed, float("-inf"))
 
-    def _explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Float[Tensor, "batch pos n_heads d_head"]:
-        scores = self.hook_attn_scores(self.scores(q, k))
+    def _explicit_attention(self, q: Tensor, k: Tensor, v: Tensor, context: Context
+                            ) -> Float[Tensor, "batch pos n_heads d_head"]:
+        allowed = context.allowed(q.shape[1], k.shape[1], self.window, q.device)
+        scores = self.hook_attn_scores(self.scores(q, k, allowed=allowed))
         pattern = self.hook_pattern(softmax(scores))
         batch, n_query, n_key = q.shape[0], q.shape[1], k.shape[1]
         grouped = pattern.view(batch, self.n_kv_heads, self.group, n_query, n_key)
@@ -173,9 +182,9 @@ class RotaryAttention(Attention):
     scores, so patterns are computed from the rotated q/k; nothing is added to the residual stream."""
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_head: int, rotary: Rotary,
-                 window: int | None = None) -> None:
+                 window: int | None = None, layer: int = 0) -> None:
         self.rotary = rotary
-        super().__init__(d_model, n_heads, n_kv_heads, d_head, window)
+        super().__init__(d_model, n_heads, n_kv_heads, d_head, window, layer)
 
     def _position_hooks(self) -> None:
         self.hook_rot_q = HookPoint("batch pos n_heads d_head")

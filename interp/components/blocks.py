@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import einops
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from interp.components.attention import Attention
+from interp.components.context import Context
 from interp.components.norms import Norm
 from interp.hooks import HookPoint
 
@@ -41,26 +42,26 @@ class Block(nn.Module):
     def _middle(self) -> None:
         self.hook_resid_mid = HookPoint("batch pos d_model")
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, "batch pos"]
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], context: Context
                 ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self._attention(resid_pre, positions))
+        attn_out = self.hook_attn_out(self._attention(resid_pre, context))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)
 
-    def _attention(self, resid_pre: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, "batch pos"]
+    def _attention(self, resid_pre: Float[Tensor, "batch pos d_model"], context: Context
                    ) -> Float[Tensor, "batch pos d_model"]:
         split = (self.hook_q_input, self.hook_k_input, self.hook_v_input)
         if not any(hook.has_hooks for hook in split):
-            return self.attn(self.ln1(resid_pre), positions)
+            return self.attn(self.ln1(resid_pre), context)
         # Path-patching mode: each head reads its own copy of the residual stream; ln1 runs per copy.
         # A hooked point gets its own copy, so an in-place edit of the q input reaches neither k nor v (nor resid_pre).
         copies = []
         for hook, n_copies in zip(split, (self.attn.n_heads, self.attn.n_kv_heads, self.attn.n_kv_heads)):
             per_head = einops.repeat(resid_pre, "batch pos d_model -> batch pos heads d_model", heads=n_copies)
             copies.append(self.ln1(hook(per_head.clone()) if hook.has_hooks else per_head))
-        return self.attn.forward_per_head_inputs(*copies, positions)
+        return self.attn.forward_per_head_inputs(*copies, context)
 
 
 class ParallelBlock(Block):
@@ -70,9 +71,9 @@ class ParallelBlock(Block):
     def _middle(self) -> None:
         pass
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, "batch pos"]
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], context: Context
                 ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self._attention(resid_pre, positions))
+        attn_out = self.hook_attn_out(self._attention(resid_pre, context))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_pre)))
         return self.hook_resid_post(resid_pre + (mlp_out + attn_out))

@@ -41,8 +41,8 @@ def rotary(cfg: Config) -> Rotary | None:
 def attention(cfg: Config, layer: int, shared_rotary: Rotary | None) -> Callable[[], Attention]:
     shape = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head)
     if shared_rotary is None:
-        return partial(Attention, *shape, window=cfg.window_of(layer))
-    return partial(RotaryAttention, *shape, rotary=shared_rotary, window=cfg.window_of(layer))
+        return partial(Attention, *shape, window=cfg.window_of(layer), layer=layer)
+    return partial(RotaryAttention, *shape, rotary=shared_rotary, window=cfg.window_of(layer), layer=layer)
 
 
 def mlp(cfg: Config) -> Callable[[], nn.Module]:

@@ -58,3 +58,15 @@ def causal_mask(n_query: int, n_key: int, window: int | None, device: torch.devi
     key = torch.arange(n_key, device=device)[None, :]
     allowed = key <= query
     return allowed if window is None else allowed & (key > query - window)
+
+
+def attention_allowed(n_query: int, n_key: int, window: int | None, key_mask: Bool[Tensor, "batch key_pos"] | None,
+                      device: torch.device | str) -> Bool[Tensor, "batch 1 query_pos key_pos"]:
+    """`causal_mask` restricted to real keys (`key_mask` True; None: every key is real). A padded query
+    would then see no key at all, so every query may also attend to itself: a padded position attends only
+    to itself (a defined value, never NaN), and a real query never sees padding."""
+    allowed = causal_mask(n_query, n_key, window, device)[None, None]
+    if key_mask is None:
+        return allowed
+    own = torch.arange(n_key, device=device)[None, :] == torch.arange(n_key - n_query, n_key, device=device)[:, None]
+    return allowed & (key_mask[:, None, None, :] | own)
