@@ -47,7 +47,9 @@ from tqdm.auto import tqdm
 
 from interp.display import MAX_HTML_CELLS, block_html, format_number, table_html, text_table_html
 from interp.hooks import HookFn, HookPoint
+from interp.components.context import KVCache
 from interp.model import HookedTransformer
+from interp.names import layer_of
 from interp.tokens import check_tokens
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
@@ -180,6 +182,29 @@ def checked_pair(model: HookedTransformer, clean: Tokens, corrupted: Tokens) -> 
     return clean, corrupted
 
 
+def checked_inputs(model: HookedTransformer, clean: Tokens, corrupted: Tokens, attention_mask: Any = None
+                   ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Clean and corrupted tokens `[batch, pos]` and their shared padding mask (None: no padding).
+
+    Text lists are padded and masked (right padding); token ids take `attention_mask`, one mask for both
+    runs, since patching swaps activations position by position and so needs the same padding in both."""
+    text = [isinstance(x, str) or (isinstance(x, list) and bool(x) and isinstance(x[0], str)) for x in (clean, corrupted)]
+    if any(text) and attention_mask is not None:
+        raise ValueError("Text is padded and masked for you; attention_mask goes with token ids only.")
+    if any(text):
+        (clean, clean_mask), (corrupted, corrupted_mask) = (model.tokens_and_mask(x) for x in (clean, corrupted))
+    else:
+        clean, corrupted = checked_pair(model, clean, corrupted)
+        clean_mask = corrupted_mask = None if attention_mask is None else \
+            model.tokens_and_mask(clean, attention_mask)[1]
+    checked_pair(model, clean, corrupted)  # same shape
+    if (clean_mask is None) != (corrupted_mask is None) or \
+            (clean_mask is not None and not torch.equal(clean_mask, corrupted_mask)):
+        raise ValueError("The clean and corrupted texts pad differently (some rows tokenise to different lengths); "
+                         "patching aligns them position by position, so make each pair the same number of tokens.")
+    return clean, corrupted, clean_mask
+
+
 def checked_layers(model: HookedTransformer, layers: Sequence[int] | None) -> list[int]:
     n_layers = model.cfg.n_layers
     layers = list(range(n_layers)) if layers is None else list(layers)
@@ -256,7 +281,7 @@ def _check_site(model: HookedTransformer, site: Site, n_pos: int) -> None:
 # ----- activation patching ---------------------------------------------------------------------
 def patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
           sites: Sequence[Site], direction: Direction = "denoise", batch_size: int = 16,
-          corrupted_hooks: HookList = (), progress: bool = True) -> PatchResult:
+          corrupted_hooks: HookList = (), progress: bool = True, attention_mask: Any = None) -> PatchResult:
     """The metric after patching each site on its own: `values[i]` for `sites[i]`, dims ("site",).
 
     direction: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
@@ -265,42 +290,153 @@ def patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Toke
     (pass the clean tokens as `corrupted_tokens` then). They must not depend on the batch size, and
     noise must be drawn once (a fixed tensor added in the hook, broadcasting over the batch), not by
     `randn_like` inside the hook, or each patched run would see different noise.
+    attention_mask: `[batch, pos]` padding of both token inputs (text lists are padded for you).
     A site whose two activations are identical (e.g. the residual stream before the first token
     that differs) is not run: patching it is the identity, so its value is the unpatched metric.
+
+    Exact, without full reruns. A site in block l at position p changes nothing before block l, and (attention
+    being causal) nothing at positions < p. So each patched run starts at block l from the unpatched run's
+    residual stream at positions >= p (`start_at_layer`), attends to that run's cached keys and values for
+    the positions < p, and takes its logits there; the metric sees full `[batch, pos, d_vocab]` logits.
+    Equal to `patch_by_full_reruns` to float rounding (~1e-6). Sites outside the blocks (hook_embed,
+    ln_final), and sites at or after a block that `corrupted_hooks` hook, run in full.
     """
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise', got {direction!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    clean, corrupted = checked_pair(model, clean_tokens, corrupted_tokens)
-    for site in sites:
-        _check_site(model, site, clean.shape[1])
-    hooked = list(dict.fromkeys(site.hook_name for site in sites))  # hooked in every run: same compute path
-    store: dict[str, Tensor] = {}
-
-    def save(activation: Tensor, hook: HookPoint) -> None:
-        store[hook.name] = activation
-
+    setup = _Setup(model, clean_tokens, corrupted_tokens, metric, sites, direction, batch_size, corrupted_hooks,
+                   attention_mask, full_reruns=False)
+    fallback, starts = [], {}
+    for i in setup.changed:
+        start = setup.start_of(sites[i])
+        if start is None:
+            fallback.append(i)
+        else:
+            starts[i] = start
+    # Sites of one block, by position: each forward takes `batch_size` of them and starts at the first one's
+    # position (the others' runs then recompute a few unchanged positions, which is exact too).
+    ordered = sorted(starts, key=lambda i: starts[i])
+    chunks: list[tuple[tuple[int, int] | None, list[int]]] = []
+    for i in ordered:
+        if chunks and starts[i][0] == chunks[-1][0][0] and len(chunks[-1][1]) < batch_size:
+            chunks[-1][1].append(i)
+        else:
+            chunks.append((starts[i], [i]))
+    chunks += [(None, fallback[at:at + batch_size]) for at in range(0, len(fallback), batch_size)]
     with torch.no_grad():
-        with model.hooks([(name, save) for name in hooked]):
-            clean_metric = float(scalar_metric(metric, model(clean)))
-        clean_cache, store = store, {}
-        with model.hooks(list(corrupted_hooks) + [(name, save) for name in hooked]):
-            corrupted_metric = float(scalar_metric(metric, model(corrupted)))
-        source, target_cache = (clean_cache, store) if direction == "denoise" else (store, clean_cache)
-        target, target_hooks = (corrupted, list(corrupted_hooks)) if direction == "denoise" else (clean, [])
-        values = [corrupted_metric if direction == "denoise" else clean_metric] * len(sites)
-        changed = [i for i, site in enumerate(sites) if not _same_at(model, site, source, target_cache)]
-        for start in tqdm(range(0, len(changed), batch_size), desc="activation patching", disable=not progress):
-            rows = changed[start:start + batch_size]
-            chunk = [sites[i] for i in rows]
-            patches = [(name, _patcher(chunk, name, source[name], target.shape[0])) for name in hooked]
-            with model.hooks(target_hooks + patches):
-                logits = model(target.repeat(len(chunk), 1))
-            for i, value in zip(rows, _row_metrics(metric, logits, len(chunk))):
-                values[i] = value
-    return PatchResult(torch.tensor(values, dtype=torch.float64), ("site",), {"site": [s.label for s in sites]},
-                       clean_metric, corrupted_metric, direction)
+        for start, rows in tqdm(chunks, desc="activation patching", disable=not progress):
+            logits = setup.run_full(rows) if start is None else setup.run_partial(rows, *start)
+            for i, value in zip(rows, _row_metrics(metric, logits, len(rows))):
+                setup.values[i] = value
+    return setup.result()
+
+
+def patch_by_full_reruns(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                         sites: Sequence[Site], direction: Direction = "denoise", batch_size: int = 16,
+                         corrupted_hooks: HookList = (), progress: bool = True,
+                         attention_mask: Any = None) -> PatchResult:
+    """`patch`, computed the plain way: one full forward per site (`batch_size` sites per forward). The
+    reference `patch` is tested against, and the baseline its speed is measured against."""
+    setup = _Setup(model, clean_tokens, corrupted_tokens, metric, sites, direction, batch_size, corrupted_hooks,
+                   attention_mask, full_reruns=True)
+    changed = setup.changed
+    with torch.no_grad():
+        for at in tqdm(range(0, len(changed), batch_size), desc="activation patching", disable=not progress):
+            rows = changed[at:at + batch_size]
+            for i, value in zip(rows, _row_metrics(metric, setup.run_full(rows), len(rows))):
+                setup.values[i] = value
+    return setup.result()
+
+
+class _Setup:
+    """The two unpatched runs of one patching call, what they cached, and the patched runs built on them."""
+
+    def __init__(self, model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
+                 sites: Sequence[Site], direction: Direction, batch_size: int, corrupted_hooks: HookList,
+                 attention_mask: Any, full_reruns: bool) -> None:
+        if direction not in ("denoise", "noise"):
+            raise ValueError(f"direction must be 'denoise' (clean into corrupted) or 'noise', got {direction!r}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        clean, corrupted, self.mask = checked_inputs(model, clean_tokens, corrupted_tokens, attention_mask)
+        for site in sites:
+            _check_site(model, site, clean.shape[1])
+        self.model, self.sites, self.direction = model, list(sites), direction
+        self.hooked = list(dict.fromkeys(site.hook_name for site in sites))  # hooked in every run: same compute path
+        n_layers = model.cfg.n_layers
+        # What a partial rerun starts from: each block's input, its keys (as attention reads them) and values.
+        rotary = "blocks.0.attn.hook_rot_k" in model.hook_dict
+        self.k_names = [f"blocks.{l}.attn.hook_{'rot_k' if rotary else 'k'}" for l in range(n_layers)]
+        self.v_names = [f"blocks.{l}.attn.hook_v" for l in range(n_layers)]
+        self.resid_names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
+        extra = [] if full_reruns else self.k_names + self.v_names + self.resid_names
+        store: dict[str, Tensor] = {}
+
+        def save(activation: Tensor, hook: HookPoint) -> None:
+            store[hook.name] = activation
+
+        saving = [(name, save) for name in dict.fromkeys(self.hooked + extra)]
+        with torch.no_grad():
+            with model.hooks(saving):
+                clean_logits = model(clean, attention_mask=self.mask)
+            clean_cache, store = store, {}
+            with model.hooks(list(corrupted_hooks) + saving):
+                corrupted_logits = model(corrupted, attention_mask=self.mask)
+            self.clean_metric = float(scalar_metric(metric, clean_logits))
+            self.corrupted_metric = float(scalar_metric(metric, corrupted_logits))
+        denoise = direction == "denoise"
+        self.source, self.target_cache = (clean_cache, store) if denoise else (store, clean_cache)
+        self.target = corrupted if denoise else clean
+        self.target_logits = corrupted_logits if denoise else clean_logits
+        self.target_hooks = list(corrupted_hooks) if denoise else []
+        # The last block a target hook acts in (a predicate could name any hook: then every block).
+        self.last_hooked_layer = max((hook_names_layer(model, name) for name, _ in self.target_hooks), default=None)
+        self.values = [self.corrupted_metric if denoise else self.clean_metric] * len(sites)
+        self.changed = [i for i, site in enumerate(sites) if not _same_at(model, site, self.source, self.target_cache)]
+
+    def start_of(self, site: Site) -> tuple[int, int] | None:
+        """(block, position) a patched run of `site` can start at, or None if it must run in full."""
+        layer = hook_names_layer(self.model, site.hook_name)
+        if not 0 <= layer < self.model.cfg.n_layers:
+            return None  # the embeddings or ln_final
+        if self.last_hooked_layer is not None and self.last_hooked_layer >= layer:
+            return None  # a target hook in a block the partial run covers: it sees every position
+        return layer, site.pos if site.pos is not None else 0
+
+    def run_full(self, rows: list[int]) -> Float[Tensor, "rows_batch pos d_vocab"]:
+        chunk = [self.sites[i] for i in rows]
+        batch = self.target.shape[0]
+        patches = [(name, _patcher(chunk, name, self.source[name], batch)) for name in self.hooked]
+        mask = None if self.mask is None else self.mask.repeat(len(chunk), 1)
+        with self.model.hooks(self.target_hooks + patches):
+            return self.model(self.target.repeat(len(chunk), 1), attention_mask=mask)
+
+    def run_partial(self, rows: list[int], layer: int, start: int) -> Float[Tensor, "rows_batch pos d_vocab"]:
+        """The patched runs of `rows` (sites in block `layer` at positions >= `start`), from the target run's caches."""
+        chunk, copies = [self.sites[i] for i in rows], len(rows)
+        batch = self.target.shape[0]
+        cache = KVCache()
+        if start > 0:
+            for l in range(layer, self.model.cfg.n_layers):
+                cache.keys[l] = self.target_cache[self.k_names[l]][:, :start].repeat(copies, 1, 1, 1)
+                cache.values[l] = self.target_cache[self.v_names[l]][:, :start].repeat(copies, 1, 1, 1)
+            past = torch.ones(batch, start, dtype=torch.bool, device=self.target.device) if self.mask is None \
+                else self.mask[:, :start]
+            cache.key_mask, cache.padded = past.repeat(copies, 1), not bool(past.all())
+        residual = self.target_cache[self.resid_names[layer]][:, start:].repeat(copies, 1, 1)
+        mask = None if self.mask is None else self.mask[:, start:].repeat(copies, 1)
+        patches = [(name, _patcher(chunk, name, self.source[name], batch, offset=start)) for name in self.hooked]
+        with self.model.hooks(self.target_hooks + patches):
+            later = self.model(residual, start_at_layer=layer, attention_mask=mask, past_kv_cache=cache)
+        return torch.cat([self.target_logits[:, :start].repeat(copies, 1, 1), later], dim=1)
+
+    def result(self) -> PatchResult:
+        return PatchResult(torch.tensor(self.values, dtype=torch.float64), ("site",),
+                           {"site": [s.label for s in self.sites]}, self.clean_metric, self.corrupted_metric,
+                           self.direction)
+
+
+def hook_names_layer(model: HookedTransformer, name: Any) -> int:
+    """The block a hook (by name) acts in: -1 for the embeddings, n_layers for ln_final (and for a predicate,
+    which could select any hook)."""
+    return layer_of(name, model.cfg.n_layers) if isinstance(name, str) else model.cfg.n_layers
 
 
 def _same_at(model: HookedTransformer, site: Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
@@ -310,17 +446,27 @@ def _same_at(model: HookedTransformer, site: Site, source: dict[str, Tensor], ta
     return torch.equal(source[site.hook_name][index], target[site.hook_name][index])
 
 
-def _patcher(chunk: Sequence[Site], hook_name: str, source: Tensor, batch: int) -> HookFn:
-    """A hook that writes `source`'s slice for site i of `chunk` into rows i*batch..(i+1)*batch-1."""
+def _patcher(chunk: Sequence[Site], hook_name: str, source: Tensor, batch: int, offset: int = 0) -> HookFn:
+    """A hook that writes `source`'s slice for site i of `chunk` into rows i*batch..(i+1)*batch-1. With
+    `offset`, the run covers positions offset.. only: position p is index p - offset of what the hook sees."""
     rows = [(row, site) for row, site in enumerate(chunk) if site.hook_name == hook_name]
 
     def hook(activation: Tensor, hook_point: HookPoint) -> Tensor | None:
         if not rows:
             return None
         patched = activation.clone()
+        pos_axis = _axes(hook_point)[0]
         for row, site in rows:
             index = _index(hook_point, site, activation.ndim)
-            patched[(slice(row * batch, (row + 1) * batch),) + index] = source[(slice(None),) + index]
+            source_index = index
+            if pos_axis is not None and offset:
+                here = list(index)
+                if site.pos is None:  # the whole axis: the run's positions are offset..
+                    source_index = tuple(here[:pos_axis - 1] + [slice(offset, None)] + here[pos_axis:])
+                else:
+                    here[pos_axis - 1] = site.pos - offset
+                    index = tuple(here)
+            patched[(slice(row * batch, (row + 1) * batch),) + index] = source[(slice(None),) + source_index]
         return patched
 
     return hook
@@ -345,7 +491,7 @@ def patch_resid_pre(model: HookedTransformer, clean_tokens: Tokens, corrupted_to
                     layers: Sequence[int] | None = None, **options: Any) -> PatchResult:
     """Patch the residual stream before each block at each position: values `[layer, pos]`.
 
-    options: `direction`, `batch_size`, `corrupted_hooks`, `progress`, as in `patch`.
+    options: `direction`, `batch_size`, `corrupted_hooks`, `progress`, `attention_mask`, as in `patch`.
     """
     return _by_layer_pos(model, clean_tokens, corrupted_tokens, metric, "hook_resid_pre", layers, options)
 
