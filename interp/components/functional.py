@@ -69,4 +69,5 @@ def attention_allowed(n_query: int, n_key: int, window: int | None, key_mask: Bo
     if key_mask is None:
         return allowed
     own = torch.arange(n_key, device=device)[None, :] == torch.arange(n_key - n_query, n_key, device=device)[:, None]
-    return allowed & (key_mask[:, None, None, :] | own)
+    real_query = key_mask[:, n_key - n_query:]  # the queries are the last n_query keys
+    return allowed & ((key_mask[:, None, None, :] & real_query[:, None, :, None]) | own)
