@@ -101,7 +101,7 @@ class ActivationCache(Mapping[str, Tensor]):
         grads = {name.removesuffix("_grad"): self.cache_dict[name] for name in self._order if name.endswith("_grad")}
         if not grads:
             raise ValueError("This cache holds no gradients; run run_with_cache(..., incl_bwd=True, return_type='loss').")
-        return GradientCache(grads, self.model, self.has_batch_dim)
+        return GradientCache(grads, self.model, self.has_batch_dim, attention_mask=self.attention_mask)
 
     def to(self, device: Any) -> ActivationCache:
         """A cache with every tensor moved to `device` (tensors already there are not copied)."""

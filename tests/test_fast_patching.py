@@ -37,6 +37,11 @@ def metric(logits):
     return (logits[:, -1, 3] - logits[:, -1, 4]).mean() + 0.1 * logits[..., 2].mean()
 
 
+def metric_of_real_positions(logits):
+    """`metric` on the positions `left_padding_mask` leaves real in every row (a metric may not read padding)."""
+    return (logits[:, -1, 3] - logits[:, -1, 4]).mean() + 0.1 * logits[:, 2:, 2].mean()
+
+
 def sites_of(case):
     cfg = model(case).cfg
     key = "rot_k" if case in families.ROTARY else "k"
@@ -74,11 +79,13 @@ def test_fast_patching_of_a_padded_batch_equals_full_reruns(case, direction):
     clean, corrupted = pair(case)
     mask = left_padding_mask(*clean.shape)
     sites = sites_of(case)
-    fast = patch(model(case), clean, corrupted, metric, sites, direction=direction, batch_size=5, progress=False,
-                 attention_mask=mask)
-    full = patch_by_full_reruns(model(case), clean, corrupted, metric, sites, direction=direction, batch_size=5,
-                                progress=False, attention_mask=mask)
+    fast = patch(model(case), clean, corrupted, metric_of_real_positions, sites, direction=direction, batch_size=5,
+                 progress=False, attention_mask=mask)
+    full = patch_by_full_reruns(model(case), clean, corrupted, metric_of_real_positions, sites, direction=direction,
+                                batch_size=5, progress=False, attention_mask=mask)
     assert (fast.values - full.values).abs().max() <= TOLERANCE
+    with pytest.raises(ValueError, match="reads logits at padded positions"):
+        patch(model(case), clean, corrupted, metric, sites[:2], progress=False, attention_mask=mask)
 
 
 @pytest.mark.parametrize("case", ["gpt2", "llama_gqa", "mistral_window"])

@@ -23,8 +23,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.analysis.patching import (Direction, HookList, Metric, PatchResult, Tokens, checked_layers, checked_pair,
-                                      head_axis, scalar_metric)
+from interp.analysis.patching import (Direction, HookList, Metric, PatchResult, Tokens, check_metric_ignores_padding,
+                                      checked_inputs, checked_layers, head_axis, scalar_metric)
 from interp.hooks import HookPoint
 from interp.model import HookedTransformer
 
@@ -53,7 +53,7 @@ SiteKind = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "head_out_by_
 
 def attribution_patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens, metric: Metric,
                       site: SiteKind, layers: Sequence[int] | None = None, direction: Direction = "denoise",
-                      corrupted_hooks: HookList = ()) -> PatchResult:
+                      corrupted_hooks: HookList = (), *, attention_mask: Tensor | None = None) -> PatchResult:
     """Linear estimate of activation patching at every `site` of `layers`, shaped like the
     activation-patching counterpart (`patch_resid_pre` -> `[layer, pos]`, "head_out" -> `[layer, head]`, ...).
 
@@ -62,6 +62,12 @@ def attribution_patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_
     is left untouched. Arguments as in `interp.analysis.patching.patch`.
     "rot_q"/"rot_k" (q and k after the rotation) exist on rotary models only. On a grouped-query model "k",
     "v" and "rot_k" are per kv head: dims ("layer", "kv_head"), n_kv_heads entries, as in `patch_head_qkv_pattern`.
+
+    Padding: token ids take `attention_mask` `[batch, pos]` (1 = real token), one mask for both runs; text
+    lists are padded and masked for you (see `checked_inputs`). Each row then gives what its pair gives
+    alone; the metric must read real positions only (left padding puts each prompt's last token at -1), or
+    ValueError. Padded positions are read by nothing real, so their attribution is exactly 0 (entries at a
+    padded position of every row are 0; padded positions add nothing to per-head entries).
     """
     if site not in ALL_SITES:
         raise ValueError(f"site must be one of {sorted(SITES)} (or, on rotary models, {sorted(ROTARY_SITES)}), "
@@ -75,15 +81,16 @@ def attribution_patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_
     suffix, reduction, dims = ALL_SITES[site]
     head_dim, n_heads = head_axis(model, f"blocks.0.{suffix}") if "head" in dims else ("head", model.cfg.n_heads)
     dims = tuple(head_dim if dim == "head" else dim for dim in dims)
-    clean, corrupted = checked_pair(model, clean_tokens, corrupted_tokens)
+    clean, corrupted, mask = checked_inputs(model, clean_tokens, corrupted_tokens, attention_mask)
     layers = checked_layers(model, layers)
     hook_names = [f"blocks.{layer}.{suffix}" for layer in layers]
     clean_run, corrupted_run = (clean, []), (corrupted, list(corrupted_hooks))
     source, target = (clean_run, corrupted_run) if direction == "denoise" else (corrupted_run, clean_run)
 
-    source_metric, source_acts, _ = _run(model, metric, *source, hook_names, with_grad=False)
-    target_metric, target_acts, grads = _run(model, metric, *target, hook_names, with_grad=True)
-    tables = [einops.reduce((source_acts[name] - target_acts[name]) * grads[name], reduction, "sum")
+    source_metric, source_acts, _ = _run(model, metric, *source, hook_names, with_grad=False, mask=mask)
+    target_metric, target_acts, grads = _run(model, metric, *target, hook_names, with_grad=True, mask=mask)
+    real = None if mask is None else _real_entries(mask, "pattern" if site == "pattern" else "positions")
+    tables = [einops.reduce(_masked((source_acts[name] - target_acts[name]) * grads[name], real), reduction, "sum")
               for name in hook_names]
     values = float(target_metric) + torch.stack(tables).double().cpu()
     labels = {"layer": layers, "pos": list(range(clean.shape[1])), head_dim: list(range(n_heads))}
@@ -93,9 +100,26 @@ def attribution_patch(model: HookedTransformer, clean_tokens: Tokens, corrupted_
                        direction)
 
 
+def _real_entries(mask: Tensor, kind: str) -> Tensor:
+    """Where an activation belongs to real tokens: `[batch, pos, 1, ...]` for hooks with a position axis, `[batch,
+    1, query_pos, key_pos]` (real query and real key) for attention patterns."""
+    if kind == "pattern":
+        return (mask[:, :, None] & mask[:, None, :])[:, None]
+    return mask[:, :, None]
+
+
+def _masked(products: Tensor, real: Tensor | None) -> Tensor:
+    """The products with every padded entry set to 0 (a padded position is read by nothing real, so its
+    gradient of a metric of real positions is 0 already; this makes it exact whatever the kernels do)."""
+    if real is None:
+        return products
+    real = real.reshape(*real.shape, *[1] * (products.ndim - real.ndim))
+    return products.masked_fill(~real, 0)
+
+
 def _run(model: HookedTransformer, metric: Metric, tokens: Tensor, run_hooks: HookList, hook_names: list[str],
-         with_grad: bool) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-    """(metric, activations, gradients of the metric w.r.t. them if `with_grad`) of one run.
+         with_grad: bool, mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """(metric, activations, gradients of the metric w.r.t. them if `with_grad`) of one run (padding: `mask`).
 
     Gradients start from detached copies of the embeddings (hook_embed, and hook_pos_embed where positions are
     learned), so they never reach the weights.
@@ -110,7 +134,10 @@ def _run(model: HookedTransformer, metric: Metric, tokens: Tensor, run_hooks: Ho
 
     roots = [(name, make_root) for name in ("hook_embed", "hook_pos_embed") if name in model.hook_dict] if with_grad else []
     with torch.set_grad_enabled(with_grad), model.hooks(list(run_hooks) + roots + [(n, save) for n in hook_names]):
-        value = scalar_metric(metric, model(tokens))
+        logits = model(tokens, attention_mask=mask)
+        if not with_grad:
+            check_metric_ignores_padding(metric, logits, mask)
+        value = scalar_metric(metric, logits)
         if not with_grad:
             return value.detach(), acts, {}
         if not value.requires_grad:

@@ -46,6 +46,12 @@ last one (ln_final's by default), which mis-scales the early layers, whose norms
 
 pos_slice (int, slice or None) selects positions of every activation read; an int drops the pos axis.
 Stacks remember theirs, and `apply_ln_to_stack` / `logit_attrs` slice the LN scale the same way.
+
+Padding. A cache of a padded batch has `cache.attention_mask` `[batch, pos]` (True at real tokens); each row's
+real positions hold what its prompt alone gives. A padded position holds no token and its activations mean
+nothing, so a `pos_slice` that selects a padded position of any row raises ValueError: left-pad
+(`padding_side="left"`) so that -1 is each prompt's last token, or select only real positions. Without a
+pos_slice every position is returned, padding included: use `cache.attention_mask` to drop it.
 """
 
 from __future__ import annotations
@@ -94,7 +100,26 @@ def _read(cache: Cache, name: str, pos_slice: PosSlice) -> Tensor:
     if pos_slice is None:
         return tensor
     pos_dim = 1 if cache.has_batch_dim else 0
+    _check_no_padding(cache, pos_slice, pos_dim)
     return tensor[(slice(None),) * pos_dim + (pos_slice,)]
+
+
+def _check_no_padding(cache: Cache, pos_slice: PosSlice, pos_dim: int) -> None:
+    """ValueError if `pos_slice` selects a padded position of some row (see the module doc, Padding)."""
+    mask = getattr(cache, "attention_mask", None)
+    if mask is None or bool(mask.all()):
+        return
+    selected = mask[(slice(None),) * pos_dim + (pos_slice,)]
+    if bool(selected.all()):
+        return
+    rows = (~selected).reshape(selected.shape[0], -1).any(-1).nonzero().flatten().tolist() if pos_dim else [0]
+    shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+    raise ValueError(f"pos_slice={pos_slice!r} selects padding in row{'s' if len(rows) > 1 else ''} {shown} "
+                     "(cache.attention_mask is False there): a padded position holds no token and its activations "
+                     "mean nothing. Use left padding so position -1 is each prompt's last token "
+                     "(run_with_cache(texts, padding_side='left'), or model.tokenize(texts, padding_side='left') and "
+                     "its attention_mask), or pass a pos_slice that selects only real positions, or pos_slice=None "
+                     "and drop padding with cache.attention_mask.")
 
 
 def _assemble(pieces: list[Piece], pos_slice: PosSlice) -> ComponentStack:

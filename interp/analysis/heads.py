@@ -374,25 +374,48 @@ def repeated_random_scores(model: HookedTransformer, n_sequences: int = 64, leng
     return totals.to_scores(repeated_protocol(length, n_sequences, seed, has_bos, exclude_bos, exclude_current_token))
 
 
+def _real_sequences(model: HookedTransformer, tokens: Sequence[Int[Tensor, "pos"]] | Int[Tensor, "batch pos"],
+                    attention_mask: Any) -> list[Tensor]:
+    """Each sequence's real tokens: the rows of a `[batch, pos]` tensor, stripped to `attention_mask`'s real
+    tokens (left or right padding alike); a list of sequences as it is."""
+    if not isinstance(tokens, Tensor):
+        if attention_mask is not None:
+            raise ValueError("attention_mask goes with a [batch, pos] tensor of padded rows; a list of sequences "
+                             "needs none (give each sequence without padding).")
+        return [torch.as_tensor(seq) for seq in tokens]
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if attention_mask is None:
+        return list(tokens.unbind(0))
+    tokens, mask = model.tokens_and_mask(tokens, attention_mask)
+    if mask is None:
+        return list(tokens.unbind(0))
+    return [row[real] for row, real in zip(tokens, mask)]
+
+
 @torch.no_grad()
-def text_score_sums(model: HookedTransformer, sequences: Sequence[Int[Tensor, "pos"]], batch_size: int = 8,
-                    score_types: Sequence[str] = SCORE_TYPES, exclude_bos: bool = False,
-                    exclude_current_token: bool = False, progress: bool = True) -> ScoreSums:
-    """Streaming totals over token sequences of any lengths (see `text_scores`)."""
+def text_score_sums(model: HookedTransformer, sequences: Sequence[Int[Tensor, "pos"]] | Int[Tensor, "batch pos"],
+                    batch_size: int = 8, score_types: Sequence[str] = SCORE_TYPES, exclude_bos: bool = False,
+                    exclude_current_token: bool = False, progress: bool = True, *,
+                    attention_mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None = None) -> ScoreSums:
+    """Streaming totals over token sequences of any lengths (see `text_scores`, also for `attention_mask`)."""
     _check_score_types(score_types)
+    sequences = _real_sequences(model, sequences, attention_mask)
     if not sequences:
         raise ValueError("No sequences to score.")
     accumulator = _Accumulator(model, score_types, exclude_bos, exclude_current_token)
     pad = model.cfg.bos_token_id or 0
     with model.hooks(_pattern_hooks(accumulator, model)):
         for start in tqdm(range(0, len(sequences), batch_size), desc="head scores", disable=not progress, unit="batch"):
-            chunk = [torch.as_tensor(seq) for seq in sequences[start: start + batch_size]]
+            chunk = sequences[start: start + batch_size]
             lengths = torch.tensor([len(seq) for seq in chunk])
             batch = torch.full((len(chunk), int(lengths.max())), pad, dtype=torch.long)
             for row, seq in enumerate(chunk):
                 batch[row, : len(seq)] = seq
+            mask = torch.arange(batch.shape[1])[None, :] < lengths[:, None]  # right padding: never attended
             accumulator.add_batch(text_targets(batch, lengths))
-            model(batch.to(model.W_E.device), stop_at_layer=model.cfg.n_layers)
+            device = model.W_E.device
+            model(batch.to(device), attention_mask=mask.to(device), stop_at_layer=model.cfg.n_layers)
     return accumulator.totals()
 
 
@@ -406,14 +429,19 @@ def text_protocol(n_sequences: int, n_tokens: int, exclude_bos: bool, exclude_cu
 
 def text_scores(model: HookedTransformer, tokens: Sequence[Int[Tensor, "pos"]] | Int[Tensor, "batch pos"],
                 batch_size: int = 8, score_types: Sequence[str] = SCORE_TYPES, exclude_bos: bool = False,
-                exclude_current_token: bool = False, progress: bool = True) -> HeadScores:
+                exclude_current_token: bool = False, progress: bool = True, *,
+                attention_mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None = None) -> HeadScores:
     """The same three scores on any token sequences; repeats are found from the tokens themselves.
 
     Induction targets of query i: every key j+1 (<= i) where token j equals token i; duplicate-token
     targets: every such j; previous-token: i-1. Only queries with a target are scored; sequences
-    of different lengths are right-padded and the padding is never scored.
+    of different lengths are right-padded, masked (no query attends to padding) and the padding is never scored.
+
+    tokens: a list of sequences, or a `[batch, pos]` tensor whose rows are the sequences. A padded tensor
+    takes `attention_mask` `[batch, pos]` (1 = real token): each row's real tokens are its sequence, scored
+    exactly as that sequence alone (left or right padding alike; padding is never a target or a query).
     """
-    sequences = list(tokens.unbind(0)) if isinstance(tokens, Tensor) else list(tokens)
+    sequences = _real_sequences(model, tokens, attention_mask)
     totals = text_score_sums(model, sequences, batch_size, score_types, exclude_bos, exclude_current_token, progress)
     n_tokens = int(sum(len(seq) for seq in sequences))
     return totals.to_scores(text_protocol(len(sequences), n_tokens, exclude_bos, exclude_current_token))
@@ -422,10 +450,17 @@ def text_scores(model: HookedTransformer, tokens: Sequence[Int[Tensor, "pos"]] |
 @torch.no_grad()
 def pattern_score(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
                   target_pattern: Float[Tensor, "query_pos key_pos"] | Float[Tensor, "batch query_pos key_pos"],
-                  exclude_bos: bool = False, exclude_current_token: bool = False) -> Float[Tensor, "layer head"]:
+                  exclude_bos: bool = False, exclude_current_token: bool = False, *,
+                  attention_mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None = None
+                  ) -> Float[Tensor, "layer head"]:
     """Score every head against a head type of your own: mean attention mass each query (with any
-    target) puts on the keys where `target_pattern` is nonzero, weighted by `target_pattern`."""
-    tokens = model._checked_tokens(tokens)
+    target) puts on the keys where `target_pattern` is nonzero, weighted by `target_pattern`.
+
+    A padded batch takes `attention_mask` `[batch, pos]` (1 = real token); `target_pattern` is then in the
+    padded batch's positions. Padded queries and keys never count (their target weight is dropped), and
+    each row is scored exactly as its real tokens alone, left or right padding alike: "BOS" (exclude_bos)
+    is each row's first real token."""
+    tokens, mask = model.tokens_and_mask(tokens, attention_mask)
     target = target_pattern.float()
     if target.ndim == 2:
         target = target.expand(tokens.shape[0], -1, -1)
@@ -434,11 +469,29 @@ def pattern_score(model: HookedTransformer, tokens: Int[Tensor, "batch pos"],
                          f"{(tokens.shape[0], tokens.shape[1], tokens.shape[1])}, got {tuple(target_pattern.shape)}.")
     if torch.triu(target, diagonal=1).any():
         raise ValueError("target_pattern puts weight on future keys (key > query), which causal heads cannot attend to.")
+    if mask is not None:
+        tokens, target, mask = _right_aligned(tokens, target, mask)
     accumulator = _Accumulator(model, ["custom"], exclude_bos, exclude_current_token)
     accumulator.add_batch({"custom": MaskTarget(target)})
     with model.hooks(_pattern_hooks(accumulator, model)):
-        model(tokens, stop_at_layer=model.cfg.n_layers)
+        model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
     return accumulator.totals().to_scores()["custom"]
+
+
+def _right_aligned(tokens: Int[Tensor, "batch pos"], target: Float[Tensor, "batch query_pos key_pos"],
+                   mask: Bool[Tensor, "batch pos"]) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's real tokens (and their block of the target) moved to positions 0..n-1, padding after them,
+    the target zero at every padded query and key: key 0 is then each row's first token, as when alone."""
+    target = target.to(mask.device)
+    lengths = mask.sum(-1)
+    aligned_mask = torch.arange(tokens.shape[1], device=mask.device)[None, :] < lengths[:, None]
+    aligned_tokens = torch.full_like(tokens, int(tokens[0, 0]))
+    aligned_target = torch.zeros_like(target)
+    for row in range(tokens.shape[0]):
+        real, n = mask[row], int(lengths[row])
+        aligned_tokens[row, :n] = tokens[row, real]
+        aligned_target[row, :n, :n] = target[row][real][:, real]
+    return aligned_tokens, aligned_target, aligned_mask
 
 
 def scores_from_patterns(patterns: Sequence[Float[Tensor, "batch n_heads query_pos key_pos"]],

@@ -226,6 +226,24 @@ def scalar_metric(metric: Metric, logits: Tensor) -> Tensor:
     return value.reshape(())
 
 
+@torch.no_grad()
+def check_metric_ignores_padding(metric: Metric, logits: Tensor, mask: Tensor | None) -> None:
+    """ValueError if `metric` reads the logits at padded positions (`mask` False), which mean nothing: the
+    metric is called once more with NaN there, and must not change (e.g. a metric of `logits[:, -1]` on a
+    right-padded batch reads padding)."""
+    if mask is None:
+        return
+    value = scalar_metric(metric, logits)
+    poisoned = scalar_metric(metric, logits.masked_fill(~mask[:, :, None].to(logits.device), float("nan")))
+    if not torch.equal(poisoned, value) and not (value.isnan() and poisoned.isnan()):
+        rows = sorted({int(row) for row in (~mask).nonzero()[:, 0]})
+        raise ValueError(f"The metric reads logits at padded positions (rows {rows} have padding; "
+                         f"attention_mask is 0 there), which hold no token and mean nothing. Read each row's "
+                         f"real positions only: with left padding (model.tokenize(texts, padding_side='left')) "
+                         f"position -1 is each prompt's last token; with right padding index each row's last "
+                         f"real token, attention_mask.sum(-1) - 1.")
+
+
 def _row_metrics(metric: Metric, logits: Tensor, n_rows: int) -> list[float]:
     """The metric of each block of `len(logits) // n_rows` sequences (one block per patched site)."""
     rows = logits.shape[0] // n_rows
@@ -379,6 +397,7 @@ class _Setup:
             clean_cache, store = store, {}
             with model.hooks(list(corrupted_hooks) + saving):
                 corrupted_logits = model(corrupted, attention_mask=self.mask)
+            check_metric_ignores_padding(metric, clean_logits, self.mask)
             self.clean_metric = float(scalar_metric(metric, clean_logits))
             self.corrupted_metric = float(scalar_metric(metric, corrupted_logits))
         denoise = direction == "denoise"
