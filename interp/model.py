@@ -60,6 +60,7 @@ class HookedTransformer(nn.Module):
         self.hook_dict: dict[str, HookPoint] = hook_table(self)
         # Hooking these changes how a block computes: only an explicit name turns them on, never a predicate.
         self.opt_in_names = frozenset(name for name, point in self.hook_dict.items() if point.opt_in)
+        self._windowed = any(block.attn.window is not None for block in self.blocks)  # masks must then be contiguous
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -148,9 +149,13 @@ class HookedTransformer(nn.Module):
             if tokens is not None:
                 raise ValueError("tokens= goes with start_at_layer (the input is then a residual stream); "
                                  "pass the token ids as the input instead.")
+            if prepend_bos is None and past_kv_cache is not None and len(past_kv_cache) and _is_text(input):
+                prepend_bos = False  # text after cached tokens continues them
             tokens, mask = self.tokens_and_mask(input, attention_mask, padding_side, prepend_bos)
             residual, (batch, n_pos) = None, tokens.shape
         else:
+            if padding_side is not None:
+                raise ValueError("padding_side finds padding in token ids; with start_at_layer pass attention_mask=.")
             residual = self._checked_residual(input, start)
             batch, n_pos = residual.shape[:2]
             if tokens is not None:
@@ -166,12 +171,18 @@ class HookedTransformer(nn.Module):
                 raise ValueError("The loss needs the token ids: with start_at_layer, pass tokens=[batch, pos] ids.")
             if n_pos < 2:
                 raise ValueError("The loss needs at least 2 tokens per sequence (it predicts token i+1 from i).")
-        context = self._context(mask, batch, n_pos, past_kv_cache)
+        context = self._context(mask, batch, n_pos, past_kv_cache, start)
         if residual is None:
             residual = self._embed(self, tokens, context.position_ids)
         for block in self.blocks[start:stop]:
             residual = block(residual, context)
-        context.commit()
+        output = self._output(residual, stop, return_type, tokens, loss_per_token, mask)
+        context.commit()  # only now: a forward that raised anywhere leaves a KVCache as it was
+        return output
+
+    def _output(self, residual: Float[Tensor, "batch pos d_model"], stop: int | None, return_type: ReturnType,
+                tokens: Tensor | None, loss_per_token: bool, mask: Tensor | None) -> Any:
+        """What `forward` returns from the last residual stream it computed."""
         if stop is not None:
             return residual
         if return_type is None:  # ln_final runs only if its hooks want to see it; no unembedding
@@ -197,6 +208,11 @@ class HookedTransformer(nn.Module):
             raise ValueError(f"stop_at_layer={stop_at_layer} comes before start_at_layer={start_at_layer}.")
         return start, stop
 
+    def _check_mask(self, key_mask: Bool[Tensor, "batch key_pos"]) -> None:
+        tokens_module.check_rows_have_tokens(key_mask)
+        if self._windowed:
+            tokens_module.check_contiguous(key_mask)
+
     def _checked_residual(self, residual: Any, start: int) -> Float[Tensor, "batch pos d_model"]:
         if not isinstance(residual, Tensor) or not residual.is_floating_point() or residual.ndim != 3 \
                 or residual.shape[-1] != self.cfg.d_model:
@@ -209,16 +225,23 @@ class HookedTransformer(nn.Module):
         return residual
 
     def _context(self, mask: Bool[Tensor, "batch pos"] | None, batch: int, n_pos: int,
-                 cache: KVCache | None) -> Context:
+                 cache: KVCache | None, start: int = 0) -> Context:
         device = self.W_E.device
         if cache is None:
+            if mask is not None:
+                self._check_mask(mask)
             return Context(positions_from_mask(mask, n_pos, batch, device), mask)
+        if any(layer < start for layer in cache.keys):
+            raise ValueError(f"This KVCache holds keys of blocks before start_at_layer={start}, which this forward "
+                             f"would not extend; use a cache of blocks {start}.. only, or run the full forward.")
         if cache.batch_size not in (None, batch):
             raise ValueError(f"The KVCache holds a batch of {cache.batch_size}, but this input has {batch} rows; "
                              "use one cache per batch.")
         if len(cache) + n_pos > self.cfg.n_ctx:
             raise ValueError(f"{len(cache)} cached + {n_pos} new positions exceed n_ctx={self.cfg.n_ctx}.")
         new_mask = torch.ones(batch, n_pos, dtype=torch.bool, device=device) if mask is None else mask
+        if mask is not None or cache.padded:
+            self._check_mask(new_mask if cache.key_mask is None else torch.cat([cache.key_mask, new_mask], dim=1))
         next_positions = cache.next_positions()
         return CachedContext(positions_from_mask(new_mask, n_pos, batch, device, next_positions), new_mask, cache)
 
@@ -259,10 +282,19 @@ class HookedTransformer(nn.Module):
 
         wanted = set(captured)
         to_run = captured + sorted(sources - wanted)
-        stops_early = stop_at_layer is None and return_type is None and not incl_bwd and bool(selected)
+        start = forward_kwargs.get("start_at_layer")
+        if start is not None and explicit_filter(names_filter):
+            first = self._layer_range(start, None)[0]
+            skipped = [name for name in to_run if hook_names_table.layer_of(name, self.cfg.n_layers) < first]
+            if skipped:
+                raise ValueError(f"start_at_layer={start} runs blocks {first}.. only, so {skipped[:3]} would never be "
+                                 "cached; ask for names of those blocks, or run the full forward.")
+        stops_early = stop_at_layer is None and return_type is None and not incl_bwd and bool(selected) and \
+            forward_kwargs.get("past_kv_cache") is None
         if stops_early:
             last = max(hook_names_table.layer_of(name, self.cfg.n_layers) for name in to_run)
-            stop_at_layer = last + 1 if last < self.cfg.n_layers else None
+            first = 0 if start is None else self._layer_range(start, None)[0]
+            stop_at_layer = max(last + 1, first) if last < self.cfg.n_layers else None
         fwd_hooks = [(name, save) for name in to_run]
         if not incl_bwd:
             with torch.no_grad(), self.hooks(fwd_hooks):
@@ -349,7 +381,8 @@ class HookedTransformer(nn.Module):
             if attention_mask is not None:
                 mask = tokens_module.check_attention_mask(attention_mask, tuple(tokens.shape), tokens.device)
             elif padding_side is not None:
-                mask = tokens_module.mask_from_padding(tokens, self.pad_token_id, padding_side, self.cfg.bos_token_id)
+                mask = tokens_module.mask_from_padding(tokens, self.pad_token_id, padding_side, self.cfg.bos_token_id,
+                                                       self.cfg.eos_token_ids)
                 mask = tokens_module.check_attention_mask(mask, tuple(tokens.shape), tokens.device)
             else:
                 return tokens, None
@@ -425,6 +458,7 @@ class HookedTransformer(nn.Module):
         if stop_at_eos and eos is None:
             raise ValueError("stop_at_eos=True but the model's config has no eos_token_id; load the model with a "
                              "config that sets it, or let max_new_tokens end the generation.")
+        n_prompt_tokens = tokens.shape[1]
         generator = torch.Generator(device=tokens.device).manual_seed(seed) if seed is not None else None
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         cache = KVCache() if use_past_kv_cache else None
@@ -445,7 +479,11 @@ class HookedTransformer(nn.Module):
                 break
         if not as_text:
             return tokens
-        texts = [self.to_string(row[real][n_added:]) for row, real in zip(tokens, mask)]
+        rows = [row[real][n_added:] for row, real in zip(tokens, mask)]
+        if stop_at_eos:  # text ends at a row's first EOS (its later ones only kept the batch rectangular)
+            n_prompt = [len(row) - (tokens.shape[1] - n_prompt_tokens) for row in rows]
+            rows = [row[:start + _through_first(row[start:], eos_ids)] for row, start in zip(rows, n_prompt)]
+        texts = [self.to_string(row) for row in rows]
         return texts[0] if isinstance(input, str) else texts
 
     # ----- weights, stacked over layers (circuits names) -------------------------------------
@@ -588,7 +626,12 @@ def next_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tens
     if attention_mask is None:
         return losses if per_token else losses.mean()
     real = attention_mask[:, :-1] & attention_mask[:, 1:]
-    return losses.masked_fill(~real, float("nan")) if per_token else losses[real].mean()
+    if per_token:
+        return losses.masked_fill(~real, float("nan"))
+    if not bool(real.any()):
+        raise ValueError("No row has two real tokens in a row, so there is no next-token target to score; "
+                         "the loss needs sequences of at least 2 real tokens.")
+    return losses[real].mean()
 
 
 def sample_next(logits: Float[Tensor, "batch d_vocab"], temperature: float, top_k: int | None,
@@ -602,6 +645,17 @@ def sample_next(logits: Float[Tensor, "batch d_vocab"], temperature: float, top_
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def _through_first(new_tokens: Int[Tensor, "new"], eos_ids: Int[Tensor, "n_eos"]) -> int:
+    """How many of the new tokens to keep: up to and including the first EOS (all if there is none)."""
+    ends = torch.isin(new_tokens, eos_ids).nonzero()
+    return int(ends[0]) + 1 if len(ends) else len(new_tokens)
+
+
+def explicit_filter(names_filter: NamesFilter) -> bool:
+    """Whether a names_filter names hooks (a name or a list), rather than selecting by default or predicate."""
+    return isinstance(names_filter, str) or (names_filter is not None and not callable(names_filter))
 
 
 def _is_text(input: Any) -> bool:

@@ -135,15 +135,30 @@ def check_attention_mask(mask: Any, shape: tuple[int, int], device: Any) -> Bool
             raise ValueError("attention_mask must hold only 0 and 1 (1 = real token, 0 = padding), as in "
                              "transformers; for soft or additive masks edit hook_attn_scores instead.")
         mask = mask == 1
+    return mask.to(device)
+
+
+def check_rows_have_tokens(mask: Bool[Tensor, "batch pos"]) -> None:
+    """ValueError unless every row of a padding mask (every key a forward attends to) has a real token."""
     empty = (~mask.any(-1)).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"attention_mask rows {empty} are all padding: each sequence needs at least one real "
                          "token; drop those rows from the batch.")
-    return mask.to(device)
+
+
+def check_contiguous(mask: Bool[Tensor, "batch pos"]) -> None:
+    """ValueError unless each row's real tokens are one run (left or right padding, not holes)."""
+    as_int = mask.long()
+    runs = (as_int[:, 1:] > as_int[:, :-1]).sum(-1) + as_int[:, 0]
+    holed = (runs > 1).nonzero().flatten().tolist()
+    if holed:
+        raise ValueError(f"attention_mask rows {holed} have padding between real tokens. This model has a sliding "
+                         "window, which counts positions in the sequence, so a hole would widen what a token sees "
+                         "compared with its prompt alone; pad on the left or the right only.")
 
 
 def mask_from_padding(tokens: Int[Tensor, "batch pos"], pad_token_id: int | None, padding_side: str,
-                      bos_token_id: int | None) -> Bool[Tensor, "batch pos"]:
+                      bos_token_id: int | None, eos_token_ids: tuple[int, ...] = ()) -> Bool[Tensor, "batch pos"]:
     """The attention mask of token rows padded with `pad_token_id` on `padding_side`: the run of pad ids at
     that end of each row is padding. Refused when it cannot be told apart from real tokens."""
     if padding_side not in ("right", "left"):
@@ -155,6 +170,9 @@ def mask_from_padding(tokens: Int[Tensor, "batch pos"], pad_token_id: int | None
     if padding_side == "left" and pad_token_id == bos_token_id:
         raise ValueError(f"The pad id {pad_token_id} is also the BOS id, so left padding cannot be told apart from "
                          "the BOS that starts each row; pass attention_mask=... (e.g. from model.tokenize).")
+    if padding_side == "right" and pad_token_id in eos_token_ids:
+        raise ValueError(f"The pad id {pad_token_id} is also an EOS id, so right padding cannot be told apart from "
+                         "an EOS that ends a row; pass attention_mask=... (e.g. from model.tokenize).")
     is_pad = tokens == pad_token_id
     run = is_pad.flip(-1).cummin(-1).values.flip(-1) if padding_side == "right" else is_pad.cummin(-1).values
     return ~run

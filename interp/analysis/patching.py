@@ -385,22 +385,24 @@ class _Setup:
         self.v_names = [f"blocks.{l}.attn.hook_v" for l in range(n_layers)]
         self.resid_names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
         extra = [] if full_reruns else self.k_names + self.v_names + self.resid_names
+        denoise = direction == "denoise"
         store: dict[str, Tensor] = {}
 
         def save(activation: Tensor, hook: HookPoint) -> None:
             store[hook.name] = activation
 
-        saving = [(name, save) for name in dict.fromkeys(self.hooked + extra)]
+        # Both runs save the sites' hooks; only the run the patches go into (the target) saves `extra`.
+        source_saving = [(name, save) for name in self.hooked]
+        target_saving = [(name, save) for name in dict.fromkeys(self.hooked + extra)]
         with torch.no_grad():
-            with model.hooks(saving):
+            with model.hooks(source_saving if denoise else target_saving):
                 clean_logits = model(clean, attention_mask=self.mask)
             clean_cache, store = store, {}
-            with model.hooks(list(corrupted_hooks) + saving):
+            with model.hooks(list(corrupted_hooks) + (target_saving if denoise else source_saving)):
                 corrupted_logits = model(corrupted, attention_mask=self.mask)
             check_metric_ignores_padding(metric, clean_logits, self.mask)
             self.clean_metric = float(scalar_metric(metric, clean_logits))
             self.corrupted_metric = float(scalar_metric(metric, corrupted_logits))
-        denoise = direction == "denoise"
         self.source, self.target_cache = (clean_cache, store) if denoise else (store, clean_cache)
         self.target = corrupted if denoise else clean
         self.target_logits = corrupted_logits if denoise else clean_logits
@@ -434,8 +436,8 @@ class _Setup:
         cache = KVCache()
         if start > 0:
             for l in range(layer, self.model.cfg.n_layers):
-                cache.keys[l] = self.target_cache[self.k_names[l]][:, :start].repeat(copies, 1, 1, 1)
-                cache.values[l] = self.target_cache[self.v_names[l]][:, :start].repeat(copies, 1, 1, 1)
+                cache.keys[l] = _tiled(self.target_cache[self.k_names[l]][:, :start], copies)
+                cache.values[l] = _tiled(self.target_cache[self.v_names[l]][:, :start], copies)
             past = torch.ones(batch, start, dtype=torch.bool, device=self.target.device) if self.mask is None \
                 else self.mask[:, :start]
             cache.key_mask, cache.padded = past.repeat(copies, 1), not bool(past.all())
@@ -444,12 +446,22 @@ class _Setup:
         patches = [(name, _patcher(chunk, name, self.source[name], batch, offset=start)) for name in self.hooked]
         with self.model.hooks(self.target_hooks + patches):
             later = self.model(residual, start_at_layer=layer, attention_mask=mask, past_kv_cache=cache)
-        return torch.cat([self.target_logits[:, :start].repeat(copies, 1, 1), later], dim=1)
+        if start == 0:
+            return later
+        return torch.cat([_tiled(self.target_logits[:, :start], copies), later], dim=1)
 
     def result(self) -> PatchResult:
         return PatchResult(torch.tensor(self.values, dtype=torch.float64), ("site",),
                            {"site": [s.label for s in self.sites]}, self.clean_metric, self.corrupted_metric,
                            self.direction)
+
+
+def _tiled(x: Tensor, copies: int) -> Tensor:
+    """`x.repeat(copies, 1, ...)` (copy-major rows), as a broadcast view without a copy when the batch is 1
+    (torch.cat and the cache's concatenation copy it once anyway)."""
+    if x.shape[0] == 1:
+        return x.expand(copies, *x.shape[1:])
+    return x.repeat(copies, *([1] * (x.ndim - 1)))
 
 
 def hook_names_layer(model: HookedTransformer, name: Any) -> int:
@@ -478,13 +490,10 @@ def _patcher(chunk: Sequence[Site], hook_name: str, source: Tensor, batch: int, 
         for row, site in rows:
             index = _index(hook_point, site, activation.ndim)
             source_index = index
-            if pos_axis is not None and offset:
+            if pos_axis is not None and offset:  # (a site without a position starts at 0: offset 0)
                 here = list(index)
-                if site.pos is None:  # the whole axis: the run's positions are offset..
-                    source_index = tuple(here[:pos_axis - 1] + [slice(offset, None)] + here[pos_axis:])
-                else:
-                    here[pos_axis - 1] = site.pos - offset
-                    index = tuple(here)
+                here[pos_axis - 1] = site.pos - offset
+                index = tuple(here)
             patched[(slice(row * batch, (row + 1) * batch),) + index] = source[(slice(None),) + source_index]
         return patched
 

@@ -26,9 +26,9 @@ def positions_from_mask(mask: Bool[Tensor, "batch pos"] | None, n_pos: int, batc
     tokens already seen). Padded tokens get the position of the last real token before them (0 if none)."""
     if mask is None:
         positions = torch.arange(n_pos, device=device).expand(batch, -1)
-    else:
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    return positions if start is None else positions + start[:, None]
+        return positions if start is None else positions + start[:, None]
+    counted = mask.long().cumsum(-1) if start is None else mask.long().cumsum(-1) + start[:, None]
+    return (counted - 1).clamp(min=0)
 
 
 class Context:
@@ -106,6 +106,9 @@ class CachedContext(Context):
         self._new: dict[int, tuple[Tensor, Tensor]] = {}
 
     def keys_values(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if len(self.cache) and layer not in self.cache.keys:
+            raise ValueError(f"This KVCache holds {len(self.cache)} positions but no keys of block {layer}: it was "
+                             "filled by forwards that skipped that block (start_at_layer); use a fresh cache.")
         if layer in self.cache.keys:
             k = torch.cat([self.cache.keys[layer], k], dim=1)
             v = torch.cat([self.cache.values[layer], v], dim=1)
