@@ -10,22 +10,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.components.context import KVCache
+from interp.tokens import is_text
 
 
 def generate(model: Any, input: Any, max_new_tokens: int, temperature: float, top_k: int | None, seed: int | None,
              stop_at_eos: bool, prepend_bos: bool | None, attention_mask: Tensor | None,
              use_past_kv_cache: bool) -> str | list[str] | Int[Tensor, "batch pos"]:
     """`model.generate(...)`: see `interp.model.HookedTransformer.generate`."""
-    as_text = isinstance(input, str) or (isinstance(input, list) and bool(input)
-                                         and all(isinstance(x, str) for x in input))
-    if as_text:
-        if attention_mask is not None:
-            raise ValueError("Text is padded and masked for you; attention_mask goes with token ids only.")
-        tokens, mask = model.tokenize(input, prepend_bos, padding_side="left")
-        mask = mask.bool()
-    else:
-        tokens, mask = model.tokens_and_mask(input, attention_mask)
-        mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
+    as_text = is_text(input)
+    tokens, mask = model.tokens_and_mask(input, attention_mask, "left" if as_text else None, prepend_bos)
+    mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
     if not bool(mask[:, -1].all()):
         raise ValueError("generate appends new tokens at the end of each row, so a padded batch must be "
                          "left-padded (every row's last token real): use model.tokenize(texts, "

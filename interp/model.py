@@ -150,13 +150,12 @@ class HookedTransformer(nn.Module):
             if tokens is not None:
                 raise ValueError("tokens= goes with start_at_layer (the input is then a residual stream); "
                                  "pass the token ids as the input instead.")
-            if prepend_bos is None and past_kv_cache is not None and len(past_kv_cache) and _is_text(input):
+            if prepend_bos is None and past_kv_cache is not None and len(past_kv_cache) and tokens_module.is_text(input):
                 prepend_bos = False  # text after cached tokens continues them
             tokens, mask = self.tokens_and_mask(input, attention_mask, padding_side, prepend_bos)
             residual, (batch, n_pos) = None, tokens.shape
         else:
-            if padding_side is not None:
-                raise ValueError("padding_side finds padding in token ids; with start_at_layer pass attention_mask=.")
+            mask = self._residual_mask(attention_mask, padding_side, input)
             residual = self._checked_residual(input, start)
             batch, n_pos = residual.shape[:2]
             if tokens is not None:
@@ -164,9 +163,6 @@ class HookedTransformer(nn.Module):
                 if tuple(tokens.shape) != (batch, n_pos):
                     raise ValueError(f"tokens {tuple(tokens.shape)} must match the residual stream's [batch, pos] "
                                      f"{(batch, n_pos)}.")
-            mask = None if attention_mask is None else \
-                tokens_module.check_attention_mask(attention_mask, (batch, n_pos), residual.device)
-            mask = None if mask is None or bool(mask.all()) else mask
         if return_type in ("loss", "both"):
             if tokens is None:
                 raise ValueError("The loss needs the token ids: with start_at_layer, pass tokens=[batch, pos] ids.")
@@ -241,10 +237,11 @@ class HookedTransformer(nn.Module):
         if len(cache) + n_pos > self.cfg.n_ctx:
             raise ValueError(f"{len(cache)} cached + {n_pos} new positions exceed n_ctx={self.cfg.n_ctx}.")
         new_mask = torch.ones(batch, n_pos, dtype=torch.bool, device=device) if mask is None else mask
-        if mask is not None or cache.padded:
-            self._check_mask(new_mask if cache.key_mask is None else torch.cat([cache.key_mask, new_mask], dim=1))
-        next_positions = cache.next_positions()
-        return CachedContext(positions_from_mask(new_mask, n_pos, batch, device, next_positions), new_mask, cache)
+        positions = positions_from_mask(new_mask, n_pos, batch, device, cache.next_positions())
+        context = CachedContext(positions, new_mask, cache)
+        if context.padded:
+            self._check_mask(context.full_mask)
+        return context
 
     def run_with_cache(self, input: ModelInput, names_filter: NamesFilter = None, device: Any = None,
                        dtype: torch.dtype | None = None, incl_bwd: bool = False,
@@ -331,16 +328,24 @@ class HookedTransformer(nn.Module):
         kwargs = dict(forward_kwargs)
         attention_mask, padding_side = kwargs.pop("attention_mask", None), kwargs.pop("padding_side", None)
         if kwargs.get("start_at_layer") is not None:
-            if padding_side is not None:
-                raise ValueError("padding_side finds padding in token ids; with start_at_layer pass attention_mask=.")
-            mask = None if attention_mask is None else tokens_module.check_attention_mask(
-                attention_mask, tuple(input.shape[:2]) if isinstance(input, Tensor) else (0, 0), self.W_E.device)
-            mask = None if mask is None or bool(mask.all()) else mask
+            mask = self._residual_mask(attention_mask, padding_side, input)
         else:
             input, mask = self.tokens_and_mask(input, attention_mask, padding_side, kwargs.pop("prepend_bos", None))
         if mask is not None:
             kwargs["attention_mask"] = mask
         return input, mask, kwargs
+
+    def _residual_mask(self, attention_mask: Any, padding_side: str | None, residual: Any
+                       ) -> Bool[Tensor, "batch pos"] | None:
+        """The padding mask (None: no padding) of a residual-stream input (start_at_layer), which has no ids to
+        find padding in."""
+        if padding_side is not None:
+            raise ValueError("padding_side finds padding in token ids; with start_at_layer pass attention_mask=.")
+        if attention_mask is None:
+            return None
+        shape = tuple(residual.shape[:2]) if isinstance(residual, Tensor) else (0, 0)
+        mask = tokens_module.check_attention_mask(attention_mask, shape, self.W_E.device)
+        return None if bool(mask.all()) else mask
 
     def _cache_mask(self, mask: Bool[Tensor, "batch pos"] | None, input: Tensor) -> Bool[Tensor, "batch pos"]:
         return torch.ones(input.shape[:2], dtype=torch.bool, device=input.device) if mask is None else mask
@@ -371,7 +376,7 @@ class HookedTransformer(nn.Module):
     def tokens_and_mask(self, input: ModelInput, attention_mask: Any = None, padding_side: str | None = None,
                         prepend_bos: bool | None = None) -> tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"] | None]:
         """Token ids and their padding mask (None: no padding) for any model input (see `forward`)."""
-        if _is_text(input):
+        if tokens_module.is_text(input):
             if attention_mask is not None:
                 raise ValueError("Text is padded and masked for you, so attention_mask goes with token ids only; "
                                  "pass the texts alone, or model.tokenize(texts) and its mask.")
@@ -384,7 +389,6 @@ class HookedTransformer(nn.Module):
             elif padding_side is not None:
                 mask = tokens_module.mask_from_padding(tokens, self.pad_token_id, padding_side, self.cfg.bos_token_id,
                                                        self.cfg.eos_token_ids)
-                mask = tokens_module.check_attention_mask(mask, tuple(tokens.shape), tokens.device)
             else:
                 return tokens, None
         return tokens, None if bool(mask.all()) else mask
@@ -589,10 +593,6 @@ def next_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tens
 def explicit_filter(names_filter: NamesFilter) -> bool:
     """Whether a names_filter names hooks (a name or a list), rather than selecting by default or predicate."""
     return isinstance(names_filter, str) or (names_filter is not None and not callable(names_filter))
-
-
-def _is_text(input: Any) -> bool:
-    return isinstance(input, str) or (isinstance(input, list) and bool(input) and all(isinstance(x, str) for x in input))
 
 
 def _converted(tensor: Tensor, device: Any, dtype: torch.dtype | None) -> Tensor:

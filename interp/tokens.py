@@ -74,6 +74,11 @@ def _is_token_id(x: Any) -> bool:
     return True
 
 
+def is_text(input: Any) -> bool:
+    """Whether a model input is text: a string, or a non-empty list of strings."""
+    return isinstance(input, str) or (isinstance(input, list) and bool(input) and all(isinstance(x, str) for x in input))
+
+
 def _require(tokenizer: Any) -> Any:
     if tokenizer is None:
         raise ValueError("This model has no tokenizer, so it cannot take text: pass token ids, or load one with "

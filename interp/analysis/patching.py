@@ -50,7 +50,7 @@ from interp.hooks import HookFn, HookPoint
 from interp.components.context import KVCache
 from interp.model import HookedTransformer
 from interp.names import layer_of
-from interp.tokens import check_tokens
+from interp.tokens import check_tokens, is_text
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
 Tokens = Union[str, list, Int[Tensor, "batch pos"]]
@@ -77,7 +77,7 @@ class Site:
 
 # ----- shared checks ---------------------------------------------------------------------------
 def as_tokens(model: HookedTransformer, tokens: Tokens) -> Int[Tensor, "batch pos"]:
-    if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
+    if is_text(tokens):
         return model.to_tokens(tokens)
     return check_tokens(tokens, model.cfg.d_vocab, model.cfg.n_ctx, model.W_E.device)
 
@@ -98,16 +98,11 @@ def checked_inputs(model: HookedTransformer, clean: Tokens, corrupted: Tokens, a
 
     Text lists are padded and masked (right padding); token ids take `attention_mask`, one mask for both
     runs, since patching swaps activations position by position and so needs the same padding in both."""
-    text = [isinstance(x, str) or (isinstance(x, list) and bool(x) and isinstance(x[0], str)) for x in (clean, corrupted)]
-    if any(text) and attention_mask is not None:
-        raise ValueError("Text is padded and masked for you; attention_mask goes with token ids only.")
-    if any(text):
-        (clean, clean_mask), (corrupted, corrupted_mask) = (model.tokens_and_mask(x) for x in (clean, corrupted))
-    else:
-        clean, corrupted = checked_pair(model, clean, corrupted)
-        clean_mask = corrupted_mask = None if attention_mask is None else \
-            model.tokens_and_mask(clean, attention_mask)[1]
-    checked_pair(model, clean, corrupted)  # same shape
+    if not (is_text(clean) or is_text(corrupted)):
+        checked_pair(model, clean, corrupted)  # same shape: before the mask is checked against either
+    (clean, clean_mask), (corrupted, corrupted_mask) = (model.tokens_and_mask(x, attention_mask)
+                                                        for x in (clean, corrupted))
+    checked_pair(model, clean, corrupted)
     if (clean_mask is None) != (corrupted_mask is None) or \
             (clean_mask is not None and not torch.equal(clean_mask, corrupted_mask)):
         raise ValueError("The clean and corrupted texts pad differently (some rows tokenise to different lengths); "

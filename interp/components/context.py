@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.components.functional import attention_allowed, causal_mask
+from interp.components.functional import attention_allowed
 
 
 def positions_from_mask(mask: Bool[Tensor, "batch pos"] | None, n_pos: int, batch: int, device: Any,
@@ -61,7 +61,6 @@ class Context:
                 return {"is_causal": True}
             if n_query == 1:
                 return {}
-            return {"attn_mask": causal_mask(n_query, n_key, window, device)}
         return {"attn_mask": self.allowed(n_query, n_key, window, device)}
 
     def commit(self) -> None:
