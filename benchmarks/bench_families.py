@@ -44,7 +44,8 @@ def configs(quick: bool) -> dict[str, object]:
     }
 
 
-def build(config: object) -> tuple[torch.nn.Module, HookedTransformer, int]:
+def random_hf_model(config: object) -> torch.nn.Module:
+    """The `transformers` model of `config` (sdpa, eval), seeded, with norm gains randomised around 1."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -53,6 +54,11 @@ def build(config: object) -> tuple[torch.nn.Module, HookedTransformer, int]:
         for name, parameter in hf.named_parameters():
             if "norm" in name and name.endswith("weight"):
                 parameter.mul_(1 + 0.2 * torch.randn_like(parameter))
+    return hf
+
+
+def build(config: object) -> tuple[torch.nn.Module, HookedTransformer, int]:
+    hf = random_hf_model(config)
     with tempfile.TemporaryDirectory() as directory:
         hf.save_pretrained(directory)
         model = HookedTransformer.from_pretrained(directory)

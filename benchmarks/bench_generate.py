@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-from bench_families import configs as family_configs  # noqa: E402
+from bench_families import configs as family_configs, random_hf_model  # noqa: E402
 from bench_forward import HERE, machine, time_interleaved, write_section  # noqa: E402
 
 from interp import HookedTransformer  # noqa: E402
@@ -53,23 +53,14 @@ def quiet_transformers() -> None:
 
 def models(quick: bool) -> dict[str, Callable[[], torch.nn.Module]]:
     """Builders of the `transformers` models (sdpa, eval, random weights), one at a time to bound memory."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import LlamaConfig
 
     gpt2 = hf_config(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=500) if quick else hf_config()
     llama = next(c for c in family_configs(quick).values() if isinstance(c, LlamaConfig))  # bench_families' Llama
 
-    def build_llama() -> torch.nn.Module:
-        torch.manual_seed(0)
-        hf = AutoModelForCausalLM.from_config(llama, attn_implementation="sdpa").eval()
-        with torch.no_grad():
-            for name, parameter in hf.named_parameters():
-                if "norm" in name and name.endswith("weight"):
-                    parameter.mul_(1 + 0.2 * torch.randn_like(parameter))
-        return hf
-
     return {("GPT-2 (tiny)" if quick else "GPT-2 small shape"): lambda: random_hf_gpt2(gpt2, seed=0,
                                                                                          attn_implementation="sdpa"),
-            ("Llama-shaped (tiny)" if quick else "Llama ~100M shape (GQA 12/4)"): build_llama}
+            ("Llama-shaped (tiny)" if quick else "Llama ~100M shape (GQA 12/4)"): lambda: random_hf_model(llama)}
 
 
 def prompts(vocab: int, batch: int, pos: int, pad_id: int, padded_from: int | None, seed: int = 0
