@@ -44,7 +44,7 @@ class HookPoint:
     name selects it). The model's hook table is generated from these declarations (`hook_table`).
     """
 
-    __slots__ = ("name", "shape", "opt_in", "serial", "fwd_hooks", "bwd_hooks")
+    __slots__ = ("name", "shape", "opt_in", "serial", "fwd_hooks", "bwd_hooks", "permanent", "ctx")
     _created = itertools.count()
 
     def __init__(self, shape: str, opt_in: bool = False) -> None:
@@ -54,23 +54,45 @@ class HookPoint:
         self.serial = next(HookPoint._created)  # creation order: modules create their points in forward order
         self.fwd_hooks: list[HookFn] = []
         self.bwd_hooks: list[HookFn] = []
+        self.permanent: list[HookFn] = []  # hooks `remove_hooks(including_permanent=False)` keeps
+        self.ctx: dict = {}  # scratch space a hook may keep between calls (as TransformerLens's HookPoint.ctx)
 
     @property
     def has_hooks(self) -> bool:
         return bool(self.fwd_hooks or self.bwd_hooks)
 
-    def add_hook(self, fn: HookFn, direction: str = "fwd") -> HookHandle:
+    def add_hook(self, fn: HookFn, dir: str = "fwd", is_permanent: bool = False, prepend: bool = False
+                 ) -> HookHandle:
+        """Attach `fn`; `is_permanent` hooks survive `remove_hooks(including_permanent=False)`; `prepend` runs it first."""
         if not callable(fn):
             raise TypeError(f"A hook on {self.name!r} must be callable fn(activation, hook), got {type(fn).__name__}.")
-        if direction not in ("fwd", "bwd"):
-            raise ValueError(f"direction must be 'fwd' or 'bwd', got {direction!r}.")
-        hooks = self.fwd_hooks if direction == "fwd" else self.bwd_hooks
-        hooks.append(fn)
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}.")
+        hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+        hooks.insert(0 if prepend else len(hooks), fn)
+        if is_permanent:
+            self.permanent.append(fn)
         return HookHandle(hooks, fn)
 
-    def remove_hooks(self) -> None:
-        self.fwd_hooks.clear()
-        self.bwd_hooks.clear()
+    def remove_hooks(self, dir: str = "both", including_permanent: bool = True) -> None:
+        """Remove the hooks of direction `dir` ("fwd", "bwd" or "both"), keeping permanent ones unless asked."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}.")
+        for which in (("fwd", self.fwd_hooks), ("bwd", self.bwd_hooks)):
+            if dir in (which[0], "both"):
+                which[1][:] = [fn for fn in which[1] if not including_permanent and _contains(self.permanent, fn)]
+        if including_permanent:
+            self.permanent = [fn for fn in self.permanent if _contains(self.fwd_hooks + self.bwd_hooks, fn)]
+
+    def clear_context(self) -> None:
+        self.ctx = {}
+
+    def layer(self) -> int:
+        """The block this point belongs to (`blocks.{layer}....`); ValueError for the embeddings and ln_final."""
+        parts = self.name.split(".")
+        if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+            raise ValueError(f"Hook point {self.name!r} is not inside a block, so it has no layer.")
+        return int(parts[1])
 
     def __call__(self, activation: Tensor) -> Tensor:
         if not self.fwd_hooks and not self.bwd_hooks:
@@ -109,6 +131,11 @@ class HookPoint:
 
     def __repr__(self) -> str:
         return f"HookPoint({self.name!r}, [{self.shape}], fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)})"
+
+
+def _contains(hooks: list[HookFn], fn: HookFn) -> bool:
+    """Whether `fn` itself (not an equal one: bound methods compare equal) is in `hooks`."""
+    return any(hook is fn for hook in hooks)
 
 
 def hook_table(root: Any) -> dict[str, HookPoint]:

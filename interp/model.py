@@ -8,6 +8,7 @@ TransformerLens.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Union
@@ -40,6 +41,8 @@ class HookedTransformer(nn.Module):
 
     Load weights with `HookedTransformer.from_pretrained(...)`; see `interp.loading`.
     """
+
+    _cache_grad_mode = staticmethod(torch.no_grad)  # how run_with_cache runs its forward (without incl_bwd)
 
     def __init__(self, cfg: Config, tokenizer: Any = None) -> None:
         super().__init__()
@@ -89,10 +92,10 @@ class HookedTransformer(nn.Module):
             raise unknown_name_error(name, self.hook_dict)
         return self.hook_dict[name]
 
-    def add_hook(self, name: str | Callable[[str], bool], fn: HookFn, direction: str = "fwd") -> None:
+    def add_hook(self, name: str | Callable[[str], bool], fn: HookFn, dir: str = "fwd") -> None:
         """Attach a hook that stays until `reset_hooks()`. Prefer the `hooks()` context manager."""
         for hook_name in resolve_names(self.hook_dict, name, named_only=self.opt_in_names):
-            self.hook_dict[hook_name].add_hook(fn, direction)
+            self.hook_dict[hook_name].add_hook(fn, dir)
 
     def reset_hooks(self) -> None:
         """Remove every hook from every hook point."""
@@ -295,7 +298,7 @@ class HookedTransformer(nn.Module):
             stop_at_layer = max(last + 1, first) if last < self.cfg.n_layers else None
         fwd_hooks = [(name, save) for name in to_run]
         if not incl_bwd:
-            with torch.no_grad(), self.hooks(fwd_hooks):
+            with self._cache_grad_mode(), self.hooks(fwd_hooks):
                 output = self(input, return_type=return_type, stop_at_layer=stop_at_layer, **forward_kwargs)
             if stops_early:
                 output = None  # the residual stream of the layer we stopped at is not the asked-for output
@@ -512,6 +515,10 @@ class HookedTransformer(nn.Module):
         """Every head's W_OV = W_V W_O as a `FactoredMatrix` `[layer, head, d_model, d_model]` (rank <= d_head):
         what a head writes to the residual stream per unit of attention to a source vector `x` (`x @ W_OV`)."""
         return FactoredMatrix(self.W_V, self.W_O)
+
+    def _replace_config(self, **changes: Any) -> None:
+        """Swap in `dataclasses.replace(cfg, **changes)` (processing does, when it unties W_U)."""
+        self.cfg = dataclasses.replace(self.cfg, **changes)
 
     def process_weights_(self, fold_ln: bool | None = None, center_writing_weights: bool | None = None,
                          center_unembed: bool | None = None, fold_value_biases: bool | None = None) -> HookedTransformer:

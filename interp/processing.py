@@ -26,7 +26,6 @@ All four are idempotent: applying a step twice gives the same weights as applyin
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor
 
 from interp.config import Config
+from interp.factored import FactoredMatrix
 
 Model = Any  # an interp.model.HookedTransformer; not imported, since the model imports this module
 
@@ -172,7 +172,7 @@ def process_weights_(model: Model, fold_ln: bool | None = None, center_writing_w
     model.load_state_dict(new_state, strict=True, assign=True)
     model.processing = {step: model.processing[step] or step in steps for step in STEPS}
     if model.cfg.tie_word_embeddings and model.W_U.untyped_storage().data_ptr() != model.W_E.untyped_storage().data_ptr():
-        model.cfg = dataclasses.replace(model.cfg, tie_word_embeddings=False)  # processing gave W_U its own tensor
+        model._replace_config(tie_word_embeddings=False)  # processing gave W_U its own tensor
     return model
 
 
@@ -225,4 +225,42 @@ def rotate_residual_stream(state: State, cfg: Config, R: Tensor) -> State:
         for name in ("attn.W_QKV", "mlp.W_in", "mlp.W_gate"):
             if f"{block}.{name}" in state:
                 read(f"{block}.{name}")
+    return state
+
+
+def refactor_factored_attn_matrices(state: State, cfg: Config) -> State:
+    """Refactor each head's factors without changing W_QK or W_OV (Elhage et al. 2021: only the products matter).
+
+    OV: b_V moves into b_O (as `fold_value_biases`), and with W_V W_O = U S Vᵀ (SVD, rank d_head) the new factors
+    are W_V = U S and W_O = Vᵀ, so W_O has orthonormal rows and |z| = |head result| per unit of attention.
+    QK: with the biases appended as a constant input coordinate, [W_Q; b_Q] [W_K; b_K]ᵀ = U S Vᵀ and the new
+    factors are U √S and V √S, so query and key columns have equal norms. Logits are unchanged.
+    Needs learned positions (a rotary score depends on the positions, not on W_QK alone) and one key/value
+    head per query head (under grouped-query attention a key factor is shared by several queries).
+    """
+    if cfg.positions == "rotary":
+        raise ValueError("refactor_factored_attn_matrices needs learned positions: with rotary positions the QK "
+                         "score depends on the query and key positions, not on W_Q W_Kᵀ alone.")
+    if cfg.n_kv_heads != cfg.n_heads:
+        raise ValueError(f"refactor_factored_attn_matrices needs one key/value head per query head; this model shares "
+                         f"{cfg.n_kv_heads} kv heads among {cfg.n_heads} query heads.")
+    state = dict(state)
+    heads = cfg.n_heads
+    for layer in range(cfg.n_layers):
+        attn = f"blocks.{layer}.attn"
+        W_QKV, b_QKV = _in64(state[f"{attn}.W_QKV"]), _in64(state[f"{attn}.b_QKV"])
+        W_O, b_O = _in64(state[f"{attn}.W_O"]), _in64(state[f"{attn}.b_O"])
+        W_Q, W_K, W_V = (W_QKV[:, i * heads:(i + 1) * heads].transpose(0, 1) for i in range(3))  # [head, d_model, d_head]
+        b_Q, b_K, b_V = (b_QKV[i * heads:(i + 1) * heads] for i in range(3))
+        U, S, V = FactoredMatrix(torch.cat([W_Q, b_Q[:, None]], 1), torch.cat([W_K, b_K[:, None]], 1).transpose(-1, -2)).svd()
+        query, key = U * S.sqrt()[:, None], V * S.sqrt()[:, None]  # [head, d_model + 1, d_head]
+        b_O = b_O + einops.einsum(b_V, W_O, "head d_head, head d_head d_model -> d_model")
+        U, S, V = FactoredMatrix(W_V, W_O).svd()
+        new_W = torch.stack([query[:, :-1], key[:, :-1], U * S[:, None]]).flatten(0, 1)  # [3 head, d_model, d_head]
+        new_b = torch.cat([query[:, -1], key[:, -1], torch.zeros_like(b_V)])
+        dtype = state[f"{attn}.W_QKV"].dtype
+        state[f"{attn}.W_QKV"] = new_W.transpose(0, 1).contiguous().to(dtype)
+        state[f"{attn}.b_QKV"] = new_b.to(dtype)
+        state[f"{attn}.W_O"] = V.transpose(-1, -2).contiguous().to(dtype)
+        state[f"{attn}.b_O"] = b_O.to(dtype)
     return state

@@ -7,11 +7,11 @@ from conftest import random_tokens
 
 
 # TransformerLens's GPT-2 hook names, written out by hand (not generated): one block, in forward order, plus the
-# opt-in per-head points TransformerLens has behind use_split_qkv_input / use_attn_result.
+# opt-in points TransformerLens has behind use_split_qkv_input / use_attn_result / use_hook_mlp_in.
 TL_BLOCK_NAMES = [
     "hook_resid_pre", "hook_q_input", "hook_k_input", "hook_v_input", "ln1.hook_scale", "ln1.hook_normalized",
     "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
-    "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized",
+    "attn.hook_result", "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "ln2.hook_scale", "ln2.hook_normalized",
     "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
 ]
 
@@ -24,7 +24,8 @@ def test_hook_names_follow_the_contract(tiny_pair):
     expected += ["ln_final.hook_scale", "ln_final.hook_normalized"]
     assert model.cfg.n_layers == 2 and model.hook_names() == expected
     assert sorted(model.opt_in_names) == sorted(f"blocks.{layer}.{suffix}" for layer in range(2) for suffix in
-                                                ["hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result"])
+                                                ["hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result",
+                                                                 "hook_mlp_in"])
     for name in ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.1.attn.hook_pattern",
                  "blocks.1.ln2.hook_scale", "blocks.0.mlp.hook_post", "ln_final.hook_normalized"]:
         assert model.hook_point(name).name == name
@@ -116,7 +117,7 @@ def test_names_filter_variants(tiny_pair):
     tokens = random_tokens(101)
     _, everything = model.run_with_cache(tokens)
     assert "blocks.0.attn.hook_result" not in everything  # opt-in points are left out by default
-    assert len(everything) == len(model.hook_names()) - 4 * model.cfg.n_layers
+    assert len(everything) == len(model.hook_names()) - 5 * model.cfg.n_layers  # q/k/v inputs, result, mlp_in
     _, one = model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
     assert list(one) == ["blocks.1.hook_resid_post"]
     _, some = model.run_with_cache(tokens, names_filter=["hook_embed", "blocks.0.attn.hook_q"])

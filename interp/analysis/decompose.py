@@ -100,11 +100,11 @@ def _read(cache: Cache, name: str, pos_slice: PosSlice) -> Tensor:
     if pos_slice is None:
         return tensor
     pos_dim = 1 if cache.has_batch_dim else 0
-    _check_no_padding(cache, pos_slice, pos_dim)
+    check_no_padding(cache, pos_slice, pos_dim)
     return tensor[(slice(None),) * pos_dim + (pos_slice,)]
 
 
-def _check_no_padding(cache: Cache, pos_slice: PosSlice, pos_dim: int) -> None:
+def check_no_padding(cache: Cache, pos_slice: PosSlice, pos_dim: int) -> None:
     """ValueError if `pos_slice` selects a padded position of some row (see the module doc, Padding)."""
     mask = getattr(cache, "attention_mask", None)
     if mask is None or bool(mask.all()):

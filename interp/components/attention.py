@@ -116,17 +116,28 @@ class Attention(nn.Module):
         qkv = affine(x, self.W_QKV.flatten(1), self.b_QKV.flatten())
         qkv = qkv.view(*x.shape[:2], -1, self.d_head)  # [batch, pos, n_heads + 2 n_kv_heads, d_head]
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
-        return self.attend(q, k, v, context)
+        return self.attend(q, *self._kv_per_input(k, v), context)
+
+    def _kv_per_input(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values as the hooks see them: one per kv head (see `Ungrouped` for one per query head)."""
+        return k, v
+
+    @property
+    def n_kv_inputs(self) -> int:
+        """How many key (and value) heads read their own input copy in `forward_per_head_inputs`."""
+        return self.n_kv_heads
 
     def forward_per_head_inputs(self, q_input: Float[Tensor, "batch pos n_heads d_model"],
-                                k_input: Float[Tensor, "batch pos n_kv_heads d_model"],
-                                v_input: Float[Tensor, "batch pos n_kv_heads d_model"],
+                                k_input: Float[Tensor, "batch pos n_kv_inputs d_model"],
+                                v_input: Float[Tensor, "batch pos n_kv_inputs d_model"],
                                 context: Context) -> Float[Tensor, "batch pos d_model"]:
         """Attention where each head reads its own (already normalised) copy of the residual stream."""
         q, k, v = (einops.einsum(x, W, "batch pos heads d_model, heads d_model d_head -> batch pos heads d_head") + b
-                   for x, W, b in ((q_input, self.W_Q, self.b_Q), (k_input, self.W_K_kv, self.b_K_kv),
-                                   (v_input, self.W_V_kv, self.b_V_kv)))
+                   for x, (W, b) in zip((q_input, k_input, v_input), ((self.W_Q, self.b_Q), *self._kv_weights())))
         return self.attend(q, k, v, context)
+
+    def _kv_weights(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        return (self.W_K_kv, self.b_K_kv), (self.W_V_kv, self.b_V_kv)
 
     def attend(self, q: Float[Tensor, "batch pos n_heads d_head"], k: Float[Tensor, "batch pos n_kv_heads d_head"],
                v: Float[Tensor, "batch pos n_kv_heads d_head"], context: Context) -> Float[Tensor, "batch pos d_model"]:
@@ -149,7 +160,7 @@ class Attention(nn.Module):
                          ) -> Float[Tensor, "batch pos n_heads d_head"]:
         mask = context.sdpa_mask(q.shape[1], k.shape[1], self.window, q.device)
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           enable_gqa=self.group > 1, **mask)
+                                           enable_gqa=k.shape[2] != q.shape[2], **mask)
         return z.transpose(1, 2)
 
     def scores(self, q: Float[Tensor, "batch query_pos n_heads d_head"], k: Float[Tensor, "batch key_pos n_kv_heads d_head"],
@@ -158,8 +169,8 @@ class Attention(nn.Module):
         """q·k / sqrt(d_head) per query head (kv head h // group): `hook_attn_scores`. Entries a query may not
         attend to are -inf: future keys, keys beyond the window, and padding (`key_mask` False; a padded
         query keeps only its own key). `allowed` is that mask when the caller has made it already."""
-        batch, n_query = q.shape[:2]
-        grouped = q.reshape(batch, n_query, self.n_kv_heads, self.group, self.d_head)  # query head = kv * group + g
+        batch, n_query, n_kv = q.shape[0], q.shape[1], k.shape[2]  # n_kv: n_heads when ungrouped (see Ungrouped)
+        grouped = q.reshape(batch, n_query, n_kv, self.n_heads // n_kv, self.d_head)  # query head = kv * group + g
         scores = torch.matmul(grouped.permute(0, 2, 3, 1, 4), k.permute(0, 2, 3, 1)[:, :, None])
         scores = scores.reshape(batch, self.n_heads, n_query, k.shape[1]) / math.sqrt(self.d_head)
         if allowed is None:
@@ -171,8 +182,8 @@ class Attention(nn.Module):
         allowed = context.allowed(q.shape[1], k.shape[1], self.window, q.device)
         scores = self.hook_attn_scores(self.scores(q, k, allowed=allowed))
         pattern = self.hook_pattern(softmax(scores))
-        batch, n_query, n_key = q.shape[0], q.shape[1], k.shape[1]
-        grouped = pattern.view(batch, self.n_kv_heads, self.group, n_query, n_key)
+        batch, n_query, n_key, n_kv = q.shape[0], q.shape[1], k.shape[1], v.shape[2]
+        grouped = pattern.view(batch, n_kv, self.n_heads // n_kv, n_query, n_key)
         z = torch.matmul(grouped, v.permute(0, 2, 1, 3)[:, :, None])  # [batch, n_kv_heads, group, query_pos, d_head]
         return z.reshape(batch, self.n_heads, n_query, self.d_head).transpose(1, 2)
 
@@ -195,3 +206,46 @@ class RotaryAttention(Attention):
 
     def extra_repr(self) -> str:
         return f"rotary_dim={self.rotary.rotary_dim}, base={self.rotary.base}, window={self.window}"
+
+
+class Ungrouped:
+    """Mixin for a grouped-query attention class: each query head gets its own copy of its shared key and value
+    (`hook_k`/`hook_v`/`hook_rot_k` and the block's `hook_k_input`/`hook_v_input` then have n_heads heads), so
+    an edit of one head's key or value reaches that query head only (TransformerLens's
+    ungroup_grouped_query_attention). The numbers are the grouped model's; the copies cost memory.
+    Build it with `ungrouped(attention)`."""
+
+    n_heads: int
+    group: int
+
+    @property
+    def n_kv_inputs(self) -> int:
+        return self.n_heads
+
+    def _kv_per_input(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return k.repeat_interleave(self.group, dim=2), v.repeat_interleave(self.group, dim=2)  # head h: kv h // group
+
+    def _kv_weights(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        return (self.W_K, self.b_K), (self.W_V, self.b_V)
+
+
+_KV_POINTS = ("hook_k", "hook_v", "hook_rot_k")
+_UNGROUPED: dict[type, type] = {}  # attention class -> its Ungrouped subclass
+
+
+def set_ungrouped(attention: Attention, ungroup: bool) -> None:
+    """Switch the module (same parameters, same hook points) to per-query-head keys and values (`Ungrouped`), or
+    back to one per kv head; the declared shapes of its key and value points follow."""
+    if isinstance(attention, Ungrouped) == ungroup:
+        return
+    if ungroup:
+        base = type(attention)
+        if base not in _UNGROUPED:
+            _UNGROUPED[base] = type(f"Ungrouped{base.__name__}", (Ungrouped, base), {})
+        attention.__class__ = _UNGROUPED[base]
+    else:
+        attention.__class__ = type(attention).__mro__[2]  # (UngroupedX, Ungrouped, X, ...)
+    heads = "n_heads" if ungroup else "n_kv_heads"
+    for name in _KV_POINTS:
+        if hasattr(attention, name):
+            getattr(attention, name).shape = f"batch pos {heads} d_head"

@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from interp.components.attention import Attention
+from interp.components.attention import set_ungrouped as set_attention_ungrouped
 from interp.components.context import Context
 from interp.components.norms import Norm
 from interp.hooks import HookPoint
@@ -34,6 +35,9 @@ class Block(nn.Module):
         self.attn = make_attention()
         self.hook_attn_out = HookPoint("batch pos d_model")
         self._middle()
+        # Opt-in: the MLP's own copy of its input (resid_mid; resid_pre in parallel blocks), so an edit reaches the
+        # MLP only, not the residual stream (edge-level circuits; TransformerLens's use_hook_mlp_in).
+        self.hook_mlp_in = HookPoint("batch pos d_model", opt_in=True)
         self.ln2 = make_norm()
         self.mlp = make_mlp()
         self.hook_mlp_out = HookPoint("batch pos d_model")
@@ -47,8 +51,11 @@ class Block(nn.Module):
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.hook_attn_out(self._attention(resid_pre, context))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self._mlp_input(resid_mid))))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def _mlp_input(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.hook_mlp_in(resid.clone()) if self.hook_mlp_in.has_hooks else resid
 
     def _attention(self, resid_pre: Float[Tensor, "batch pos d_model"], context: Context
                    ) -> Float[Tensor, "batch pos d_model"]:
@@ -58,10 +65,17 @@ class Block(nn.Module):
         # Path-patching mode: each head reads its own copy of the residual stream; ln1 runs per copy.
         # A hooked point gets its own copy, so an in-place edit of the q input reaches neither k nor v (nor resid_pre).
         copies = []
-        for hook, n_copies in zip(split, (self.attn.n_heads, self.attn.n_kv_heads, self.attn.n_kv_heads)):
+        for hook, n_copies in zip(split, (self.attn.n_heads, self.attn.n_kv_inputs, self.attn.n_kv_inputs)):
             per_head = einops.repeat(resid_pre, "batch pos d_model -> batch pos heads d_model", heads=n_copies)
             copies.append(self.ln1(hook(per_head.clone()) if hook.has_hooks else per_head))
         return self.attn.forward_per_head_inputs(*copies, context)
+
+
+def set_ungrouped(block: Block, ungroup: bool) -> None:
+    """Per-query-head keys and values in this block's attention, and key/value inputs (see `attention.Ungrouped`)."""
+    set_attention_ungrouped(block.attn, ungroup)
+    heads = "n_heads" if ungroup else "n_kv_heads"
+    block.hook_k_input.shape = block.hook_v_input.shape = f"batch pos {heads} d_model"
 
 
 class ParallelBlock(Block):
@@ -75,5 +89,5 @@ class ParallelBlock(Block):
                 ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.hook_attn_out(self._attention(resid_pre, context))
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_pre)))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self._mlp_input(resid_pre))))
         return self.hook_resid_post(resid_pre + (mlp_out + attn_out))

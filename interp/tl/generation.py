@@ -1,0 +1,89 @@
+"""TransformerLens's `generate`, on interp's KV cache and padding masks.
+
+Its defaults: `do_sample=True` at temperature 1 (pass `do_sample=False` for greedy), `stop_at_eos=True` with the
+tokenizer's EOS id, `return_type="input"` (text in, text out: the prompt and continuation decoded with special
+tokens skipped, one string for one prompt; ids in, ids out). A list of prompts is left-padded and masked, so each
+row continues as its prompt alone would. Sampling is `utils.sample_logits` (top_k, top_p, freq_penalty) and uses
+torch's global random state, as TransformerLens: `torch.manual_seed` makes it repeatable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import tqdm
+
+from interp.components.context import KVCache
+from interp.tokens import is_text
+
+
+def generate(model: Any, input: Any, max_new_tokens: int, stop_at_eos: bool, eos_token_id: int | list[int] | None,
+             do_sample: bool, top_k: int | None, top_p: float | None, temperature: float, freq_penalty: float,
+             use_past_kv_cache: bool, prepend_bos: bool | None, padding_side: str | None, return_type: str | None,
+             verbose: bool) -> Any:
+    """`interp.tl.HookedTransformer.generate` (see the module docstring)."""
+    from interp.tl.sampling import sample_logits
+    if return_type not in ("input", "str", "tokens"):
+        raise ValueError(f"return_type must be 'input', 'str' or 'tokens' (interp.tl has no 'embeds'), got {return_type!r}.")
+    as_text = is_text(input)
+    if return_type == "input":
+        return_type = "str" if as_text else "tokens"
+    if as_text:
+        side = "left" if isinstance(input, list) and len(input) > 1 else padding_side
+        tokens, mask = model._tl_tokenize(input, prepend_bos, side)
+    else:
+        tokens = model._checked_tokens(input)
+        mask = model._tl_tokens_and_mask(tokens, prepend_bos, padding_side, None)[1]
+        mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+    if not bool(mask[:, -1].all()):
+        raise ValueError("generate appends tokens at the end of each row, so a padded batch must be left-padded: "
+                         "pass padding_side='left' (a list of prompts is left-padded for you).")
+    stop_ids = _stop_ids(model, stop_at_eos, eos_token_id)
+    pad_id = stop_ids[0] if stop_ids else 0
+    if tokens.shape[1] + max_new_tokens > model.cfg.n_ctx:
+        raise ValueError(f"{tokens.shape[1]} tokens + max_new_tokens={max_new_tokens} exceed n_ctx={model.cfg.n_ctx}.")
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    cache = KVCache() if use_past_kv_cache else None
+    step_tokens, step_mask = tokens, mask
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for _ in tqdm.tqdm(range(max_new_tokens), disable=not verbose):
+            if cache is not None:
+                logits = model.forward(step_tokens, attention_mask=step_mask, past_kv_cache=cache)
+            else:
+                logits = model.forward(tokens, attention_mask=mask)
+            final = logits[:, -1, :]
+            if do_sample:
+                new = sample_logits(final, top_k=top_k, top_p=top_p, temperature=temperature,
+                                    freq_penalty=freq_penalty, tokens=tokens)
+            else:
+                new = final.argmax(-1)
+            new = new.to(tokens.device)
+            if stop_ids:
+                new = new.masked_fill(finished, pad_id)
+                finished |= torch.isin(new, torch.tensor(stop_ids, device=new.device))
+            tokens = torch.cat([tokens, new[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step_tokens, step_mask = new[:, None], None  # the cache holds the earlier tokens' padding
+            if stop_ids and bool(finished.all()):
+                break
+    model.train(was_training)
+    if return_type == "tokens":
+        return tokens
+    texts = [model.tokenizer.decode(row[real], skip_special_tokens=True) for row, real in zip(tokens, mask)]
+    return texts[0] if len(texts) == 1 else texts
+
+
+def _stop_ids(model: Any, stop_at_eos: bool, eos_token_id: int | list[int] | None) -> list[int]:
+    """The ids that end a row (empty: none), the first of them also filling finished rows."""
+    if not stop_at_eos:
+        return []
+    if eos_token_id is None:
+        eos_token_id = getattr(model.tokenizer, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = model.core_cfg.eos_token_id
+        if eos_token_id is None:
+            raise ValueError("stop_at_eos=True needs an EOS id: pass eos_token_id=, or stop_at_eos=False.")
+    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
