@@ -40,9 +40,10 @@ residual the stack sums to: each component is centred (LayerNorm only) and divid
 the normalised components still add up exactly to `hook_normalized`. Direct logit attribution
 (`logit_attrs`) is each frozen-norm component's dot product with an unembedding direction.
 The logit lens (`accumulated_resid(apply_ln=True)`, `logit_lens`) instead normalises every partial
-residual with its own recomputed scale, as if the model stopped there. A known TransformerLens bug:
-its `accumulated_resid(apply_ln=True)` divides every partial residual by the cached scale of the
-last one (ln_final's by default), which mis-scales the early layers, whose norms are much smaller.
+residual with its own recomputed scale, as if the model stopped there. TransformerLens 3.9's
+`accumulated_resid(apply_ln=True)` does so at the final stream (it recomputes ln_final on each partial residual),
+but at an earlier `layer` it divides every partial residual by that block's one cached ln1/ln2 scale, which
+mis-scales the early layers, whose norms are much smaller (`interp.tl` keeps TransformerLens's behaviour).
 
 pos_slice (int, slice or None) selects positions of every activation read; an int drops the pos axis.
 Stacks remember theirs, and `apply_ln_to_stack` / `logit_attrs` slice the LN scale the same way.

@@ -123,7 +123,7 @@ def _layer_to_heads(model: HookedTransformer, heads: Any) -> dict[int, list[int]
     return chosen
 
 
-def _pattern_of(model: HookedTransformer, cache: Any, layer: int) -> Float[Tensor, "n_heads query_pos key_pos"]:
+def _pattern_of(cache: Any, layer: int) -> Float[Tensor, "n_heads query_pos key_pos"]:
     pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
     if pattern.ndim == 4:
         if pattern.shape[0] != 1:
@@ -193,7 +193,7 @@ def detect_head(
     dtype = getattr(model.cfg, "dtype", None) or model.W_E.dtype
     scores = -torch.ones(model.cfg.n_layers, model.cfg.n_heads, dtype=dtype)
     for layer, layer_heads in layer_to_heads.items():
-        pattern = _pattern_of(model, cache, layer)
+        pattern = _pattern_of(cache, layer)
         for head in layer_heads:
             scores[layer, head] = compute_head_attention_similarity_score(
                 pattern[head], detection_pattern, exclude_bos=exclude_bos,
