@@ -42,10 +42,9 @@ from interp import HookedTransformer
 from interp.testing import hf_config, random_hf_gpt2
 from interp.tokens import gpt2_tokenizer
 
-# TransformerLens hook points we do not have: the inputs of attention and MLP (copies of the residual
-# stream, behind TL's use_attn_in / use_hook_mlp_in) and the unembedding's input and output
-# (= our ln_final.hook_normalized after the affine map, and the logits).
-TL_ONLY_SUFFIXES = ("hook_attn_in", "hook_mlp_in", "unembed.hook_in", "unembed.hook_out")
+# TransformerLens hook points we do not have: attention's input copies (behind TL's use_attn_in) and the
+# unembedding's input and output (= our ln_final.hook_normalized after the affine map, and the logits).
+TL_ONLY_SUFFIXES = ("hook_attn_in", "unembed.hook_in", "unembed.hook_out")
 
 
 def save_gpt2_directory(config: Any, directory: str | Path, seed: int = 0) -> Path:
@@ -98,20 +97,21 @@ def hook_name_differences(ours: HookedTransformer, tl: Any) -> dict[str, list[st
 def compare_activations(ours: HookedTransformer, tl: Any, tokens: Tensor, opt_in: bool = False) -> dict[str, dict[str, Any]]:
     """Per hook kind: max |ours - TL| over layers, the largest |TL value| for scale, and the shapes.
 
-    opt_in=False: every hook both cache by default. opt_in=True: the per-head points (our opt-in
-    hook_q/k/v_input and attn.hook_result; TL's use_split_qkv_input and use_attn_result) and the ln1
+    opt_in=False: every hook both cache by default. opt_in=True: the opt-in points (our hook_q/k/v_input,
+    attn.hook_result and hook_mlp_in; TL's use_split_qkv_input, use_attn_result, use_hook_mlp_in) and the ln1
     hooks, whose shapes gain a head axis while the per-head inputs are on, on both sides.
     """
     if opt_in:
         names = [name for name in ours.hook_dict
                  if name in ours.opt_in_names or ".ln1." in name]
-        tl.set_use_split_qkv_input(True)
-        tl.set_use_attn_result(True)
+        switches = (tl.set_use_split_qkv_input, tl.set_use_attn_result, tl.set_use_hook_mlp_in)
+        for switch in switches:
+            switch(True)
         try:
             _, tl_cache = tl.run_with_cache(tokens, names_filter=names)
         finally:
-            tl.set_use_split_qkv_input(False)
-            tl.set_use_attn_result(False)
+            for switch in switches:
+                switch(False)
         _, our_cache = ours.run_with_cache(tokens, names_filter=names)
     else:
         _, our_cache = ours.run_with_cache(tokens)

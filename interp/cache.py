@@ -224,8 +224,10 @@ def derivation(model: Model, name: str, selected: Iterable[str], key_mask: Tenso
         attn = model.blocks[layer].attn
         if attn.hook_attn_scores.has_hooks or (which == "pattern" and attn.hook_pattern.has_hooks):
             return None
-        rotated = f"blocks.{layer}.attn.hook_rot_q" in model.hook_dict  # rotary: scores read the rotated q/k
+        rotated = hasattr(attn, "rotary")  # rotary: scores read the rotated q/k
         sources = [f"blocks.{layer}.attn.hook_{'rot_' if rotated else ''}{x}" for x in "qk"]
+        if any(source not in model.hook_dict for source in sources):
+            return None
         if which == "attn_scores":
             return sources, lambda q, k: attn.scores(q, k, _like(key_mask, q))
         return sources, lambda q, k: softmax(attn.scores(q, k, _like(key_mask, q)))
@@ -238,13 +240,13 @@ def derivation(model: Model, name: str, selected: Iterable[str], key_mask: Tenso
     else:
         layer, block = int(layer_text), model.blocks[int(layer_text)]
         module = block.ln1 if which_ln == "ln1" else block.ln2
-        parallel = f"blocks.{layer}.hook_resid_mid" not in model.hook_dict  # parallel blocks: ln2 reads resid_pre
+        parallel = not hasattr(block, "hook_resid_mid")  # parallel blocks: ln2 reads resid_pre
         source = f"blocks.{layer}.hook_resid_pre" if which_ln == "ln1" or parallel else f"blocks.{layer}.hook_resid_mid"
         split = [f"hook_{x}_input" for x in "qkv"]  # per-head copies: ln1 then runs once per head
         if which_ln == "ln1" and (any(getattr(block, n).has_hooks for n in split)
                                   or {f"blocks.{layer}.{n}" for n in split} & set(selected)):
             return None
-    if module.hook_scale.has_hooks or module.hook_normalized.has_hooks:
-        return None
+    if module.hook_scale.has_hooks or module.hook_normalized.has_hooks or source not in model.hook_dict:
+        return None  # (a source missing from hook_dict was replaced by a module, e.g. a spliced SAE: capture instead)
     index = 0 if part == "scale" else 1
     return [source], lambda x: module.scale_and_normalized(x)[index]

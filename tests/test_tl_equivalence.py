@@ -49,7 +49,7 @@ def test_shared_hooks_cover_all_of_ours(models):
     assert differences["ours_only"] == []
     assert differences["tl_only"] == sorted({layer_pattern(name) for name in tl.hook_dict
                                              if name.endswith(TL_ONLY_SUFFIXES)})
-    assert {suffix.split(".")[-1] for suffix in differences["tl_only"]} == {"hook_attn_in", "hook_mlp_in", "hook_in", "hook_out"}
+    assert {suffix.split(".")[-1] for suffix in differences["tl_only"]} == {"hook_attn_in", "hook_in", "hook_out"}
     # What each caches by default: ours = every name except the opt-in per-head ones; TL additionally the
     # unembedding's hooks; neither caches the per-head points unless asked.
     tokens = random_tokens(models["d_vocab"], batch=1, pos=8)

@@ -46,8 +46,10 @@ class Block(nn.Module):
     def _middle(self) -> None:
         self.hook_resid_mid = HookPoint("batch pos d_model")
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], context: Context
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], context: Context | None = None
                 ) -> Float[Tensor, "batch pos d_model"]:
+        """`context` None: positions 0.. and no padding (a block called on its own, `model.blocks[l](resid)`)."""
+        context = Context.unpadded(resid_pre) if context is None else context
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.hook_attn_out(self._attention(resid_pre, context))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
@@ -85,8 +87,9 @@ class ParallelBlock(Block):
     def _middle(self) -> None:
         pass
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], context: Context
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], context: Context | None = None
                 ) -> Float[Tensor, "batch pos d_model"]:
+        context = Context.unpadded(resid_pre) if context is None else context
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.hook_attn_out(self._attention(resid_pre, context))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self._mlp_input(resid_pre))))

@@ -39,6 +39,12 @@ class Context:
         self.key_mask = key_mask  # None: no padding anywhere in the batch
         self._allowed: dict[tuple[int, int, int | None], Tensor] = {}
 
+    @classmethod
+    def unpadded(cls, residual: Float[Tensor, "batch pos d_model"]) -> Context:
+        """Positions 0.. of every row and no padding, for a residual stream `[batch, pos, d_model]`."""
+        batch, n_pos = residual.shape[:2]
+        return cls(positions_from_mask(None, n_pos, batch, residual.device), None)
+
     def keys_values(self, layer: int, k: Float[Tensor, "batch pos n_kv_heads d_head"],
                     v: Float[Tensor, "batch pos n_kv_heads d_head"]) -> tuple[Tensor, Tensor]:
         """The keys and values the queries of this forward attend to (here: exactly this forward's)."""

@@ -26,6 +26,8 @@ from interp.config import Config, RopeScaling
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
                  "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 MODEL_TYPES = {architecture: model_type for model_type, architecture in ARCHITECTURES.items()}
+# Families whose TransformerLens configs say default_prepend_bos=False (Pythia and Qwen2 were trained without a BOS).
+NO_DEFAULT_BOS = ("gpt_neox", "qwen2")
 # Switches TransformerLens reads at every forward; here setting one tells the bound model (see `bind`).
 RUNTIME_SWITCHES = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in",
                     "ungroup_grouped_query_attention")
@@ -160,7 +162,7 @@ class HookedTransformerConfig:
             use_local_attn=window is not None, window_size=window,
             attn_types=None if window is None else ["local" if core.window_of(layer) else "global"
                                                     for layer in range(core.n_layers)],
-            use_NTK_by_parts_rope=llama3)
+            use_NTK_by_parts_rope=llama3, default_prepend_bos=core.model_type not in NO_DEFAULT_BOS)
         if llama3:
             scaling = core.rope_scaling
             values.update(NTK_by_parts_low_freq_factor=scaling.low_freq_factor, NTK_by_parts_factor=scaling.factor,

@@ -40,7 +40,7 @@ def generate(model: Any, input: Any, max_new_tokens: int, stop_at_eos: bool, eos
         raise ValueError("generate appends tokens at the end of each row, so a padded batch must be left-padded: "
                          "pass padding_side='left' (a list of prompts is left-padded for you).")
     stop_ids = _stop_ids(model, stop_at_eos, eos_token_id)
-    pad_id = stop_ids[0] if stop_ids else 0
+    pad_id = _padding_id(model, stop_ids, eos_token_id)
     if tokens.shape[1] + max_new_tokens > model.cfg.n_ctx:
         raise ValueError(f"{tokens.shape[1]} tokens + max_new_tokens={max_new_tokens} exceed n_ctx={model.cfg.n_ctx}.")
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
@@ -74,6 +74,17 @@ def generate(model: Any, input: Any, max_new_tokens: int, stop_at_eos: bool, eos
         return tokens
     texts = [model.tokenizer.decode(row[real], skip_special_tokens=True) for row, real in zip(tokens, mask)]
     return texts[0] if len(texts) == 1 else texts
+
+
+def _padding_id(model: Any, stop_ids: list[int], eos_token_id: int | list[int] | None) -> int:
+    """What fills a finished row, as TransformerLens: the EOS id given, or with a list of ids the tokenizer's EOS
+    (the list's first id when there is none)."""
+    if not stop_ids:
+        return 0
+    tokenizer_eos = getattr(model.tokenizer, "eos_token_id", None)
+    if eos_token_id is None or isinstance(eos_token_id, int) or tokenizer_eos is None:
+        return stop_ids[0]
+    return tokenizer_eos
 
 
 def _stop_ids(model: Any, stop_at_eos: bool, eos_token_id: int | list[int] | None) -> list[int]:

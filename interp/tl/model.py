@@ -24,12 +24,13 @@ from interp import model as core
 from interp import processing as processing_module
 from interp.components.blocks import set_ungrouped
 from interp.config import Config
-from interp.hooks import HookPoint, checked_pairs, hook_table, resolve_names, unknown_name_error
+from interp.hooks import HookPoint, checked_pairs, resolve_names, unknown_name_error
 import interp.tl.generation as generation
 import interp.tl.state_dict as tl_state
 from interp.tl.cache import ActivationCache
 from interp.tl.config import HookedTransformerConfig
 from interp.tl.factored import FactoredMatrix
+from interp.tl.hook_points import hook_table
 from interp.tl.parts import Embed, PosEmbed, Unembed
 from interp.tl.model_tokens import TokenizationMixin
 
@@ -61,12 +62,22 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
             raise ValueError("HookedTransformer(cfg) takes a config (HookedTransformerConfig or dict); to load a "
                              "pretrained model use HookedTransformer.from_pretrained(name).")
         given = None if isinstance(cfg, Config) else HookedTransformerConfig.unwrap(cfg)
+        if given is not None and given.__dict__.get("_on_switch") is not None:
+            given = dataclasses.replace(given)  # bound to another model already: this one gets its own copy
+        if given is not None and given.d_vocab == -1:
+            if tokenizer is None:
+                raise ValueError("HookedTransformerConfig(d_vocab=-1) takes the vocabulary size from a tokenizer: "
+                                 "pass tokenizer= or set d_vocab.")
+            given.d_vocab = max(tokenizer.get_vocab().values()) + 1
+            given.d_vocab_out = given.d_vocab if given.d_vocab_out == -1 else given.d_vocab_out
         super().__init__(cfg if given is None else given.to_core(), tokenizer)
         if given is not None:
             self.cfg = given
         self.embed, self.unembed = Embed(self), Unembed(self)
         if "W_pos" in self._parameters:
             self.pos_embed = PosEmbed(self)
+        if given is not None and given.normalization_type in ("LNPre", "RMSPre"):
+            self._fold_norms()
         self.is_caching = False
         self.mod_dict = self._module_table()
         if tokenizer is not None:
@@ -76,6 +87,13 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
                 self.init_weights()
             if move_to_device:
                 self.to(given.device, given.dtype)
+
+    def _fold_norms(self) -> None:
+        """Build the norms without gain or bias (TransformerLens's LNPre / RMSPre), as `fold_ln` leaves them."""
+        for block in self.blocks:
+            block.ln1, block.ln2 = block.ln1.folded(), block.ln2.folded()
+        self.ln_final = self.ln_final.folded()
+        self.processing = {**self.processing, "fold_ln": True}
 
     # ----- cfg: TransformerLens's fields over interp's Config ----------------------------------
     @property
@@ -153,9 +171,8 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
         """Rebuild `hook_dict` and `mod_dict` after modules or hook points were replaced (e.g. an SAE spliced in).
         A bare `HookPoint()` put back where one of the model's own points was takes that point's shape, opt-in flag
         and place in the forward order (as SAELens restores a point after removing its SAE)."""
-        from interp.tl.hook_points import hook_table as tl_hook_table
         declared = self.__dict__.setdefault("_declared_points", dict(self.hook_dict))
-        table = tl_hook_table(self)
+        table = hook_table(self)  # interp.tl.hook_points's: it also finds the points that are modules
         for name, point in table.items():
             original = declared.get(name)
             if original is not None and original is not point and not point.shape:
@@ -233,16 +250,9 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
         keeps those positions of each activation; `incl_bwd` also caches `name + "_grad"` of the (scalar) output."""
         if len(model_args) > 1:
             raise TypeError("run_with_cache takes the input as its one positional argument; pass the rest by name.")
-        if incl_bwd:
-            model_kwargs.setdefault("return_type", "loss")
-        # interp derives patterns and LayerNorm parts after the run from named sources (resid_pre, q, k, ...); once a
-        # module (an SAE) replaced one of the model's points, capture them instead, with read-only hooks.
-        derived_points = [(name, _read_only) for name in self.hook_dict if name.endswith(_DERIVABLE)] \
-            if any(name not in self.hook_dict for name in self.__dict__.get("_declared_points", ())) else []
-        with self.hooks(derived_points):
-            output, cache = super().run_with_cache(model_args[0] if model_args else model_kwargs.pop("input"),
-                                                   names_filter=names_filter, device=device, incl_bwd=incl_bwd,
-                                                   **model_kwargs)
+        output, cache = super().run_with_cache(model_args[0] if model_args else model_kwargs.pop("input"),
+                                               names_filter=names_filter, device=device, incl_bwd=incl_bwd,
+                                               **model_kwargs)
         if isinstance(output, tuple) and len(output) == 2:
             output = Output(*output)
         cache = ActivationCache.from_interp(cache)
@@ -270,6 +280,8 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
         output = super().forward(input, return_type=return_type, loss_per_token=loss_per_token,
                                  stop_at_layer=stop_at_layer, attention_mask=attention_mask,
                                  start_at_layer=start_at_layer, tokens=tokens, past_kv_cache=past_kv_cache)
+        if loss_per_token and attention_mask is not None and return_type in ("loss", "both") and stop_at_layer is None:
+            output = _zero_padded_pairs(output, attention_mask, return_type)
         return Output(*output) if return_type == "both" and stop_at_layer is None else output
 
     def loss_fn(self, logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
@@ -293,6 +305,11 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
     # ----- weights -----------------------------------------------------------------------------
     def init_weights(self) -> None:
         """TransformerLens's "gpt2" initialisation: weights normal(0, initializer_range), biases 0, norm gains 1."""
+        if self.cfg.init_mode != "gpt2":
+            raise NotImplementedError(f"init_mode={self.cfg.init_mode!r}: interp.tl initialises as 'gpt2' only "
+                                      "(normal with std initializer_range); use init_mode='gpt2'.")
+        if self.cfg.seed is not None:  # as TransformerLens: the same seed gives the same weights
+            torch.manual_seed(self.cfg.seed)
         std = self.cfg.initializer_range
         with torch.no_grad():
             for name, parameter in self.named_parameters():
@@ -309,6 +326,11 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
             object.__setattr__(self.cfg, "device", str(self.W_E.device))
             object.__setattr__(self.cfg, "dtype", self.W_E.dtype)
         return self
+
+    @property
+    def n_params_total(self) -> int:
+        """Every parameter, embeddings, biases and norms included (`cfg.n_params` counts attention and MLP weights)."""
+        return sum(parameter.numel() for parameter in self.parameters())
 
     @property
     def W_E_pos(self) -> Float[Tensor, "d_vocab_plus_n_ctx d_model"]:
@@ -434,11 +456,14 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
         return "interp.tl." + super().__repr__()
 
 
-_DERIVABLE = ("attn.hook_attn_scores", "attn.hook_pattern", "hook_scale", "hook_normalized")
-
-
-def _read_only(activation: Tensor, hook: HookPoint) -> None:
-    """A hook that changes nothing (it makes the forward compute its point, so run_with_cache captures it)."""
+def _zero_padded_pairs(output: Any, attention_mask: Tensor, return_type: str) -> Any:
+    """A per-token loss with 0 (TransformerLens's value; interp's is NaN) where a token or its target is padding."""
+    loss = output if return_type == "loss" else output[1]
+    real = attention_mask.bool().reshape(-1, attention_mask.shape[-1]).to(loss.device)
+    if tuple(real.shape) != (loss.shape[0], loss.shape[1] + 1):
+        return output  # a mask over cached positions too (past_kv_cache): leave interp's loss as it is
+    loss = loss.masked_fill(~(real[:, :-1] & real[:, 1:]), 0.0)
+    return loss if return_type == "loss" else (output[0], loss)
 
 
 def _pos_sliced(cache: ActivationCache, pos_slice: Any) -> dict[str, Tensor]:

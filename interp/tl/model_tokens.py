@@ -34,6 +34,12 @@ class TokenizationMixin:
             tokenizer.padding_side = default_padding_side
         if getattr(tokenizer, "padding_side", None) is None:
             tokenizer.padding_side = "right"
+        # A model built from a HookedTransformerConfig knows its special ids only from its tokenizer.
+        known = {name: getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id")}
+        missing = {name: value for name, value in known.items()
+                   if isinstance(value, int) and getattr(self.core_cfg, name) is None}
+        if missing:
+            self._replace_config(**missing)
         self.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
         self.cfg.tokenizer_name = getattr(tokenizer, "name_or_path", None)
         if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
@@ -73,9 +79,10 @@ class TokenizationMixin:
             tokens, mask = self._tl_tokenize(input, prepend_bos, padding_side)
             return tokens, None if bool(mask.all()) else mask
         if attention_mask is None and isinstance(input, Tensor) and self.tokenizer is not None \
-                and self._padding_side(padding_side) == "left" and input.ndim == 2 and input.shape[0] > 1:
+                and self._padding_side(padding_side) == "left" and input.ndim == 2:
             from interp.tl.tokenization import get_attention_mask
-            attention_mask = get_attention_mask(self.tokenizer, input, self._prepend_bos(prepend_bos))
+            mask = get_attention_mask(self.tokenizer, input, self._prepend_bos(prepend_bos), padding_side="left")
+            attention_mask = None if bool(mask.all()) else mask
         return input, attention_mask
 
     def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None,

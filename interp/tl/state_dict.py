@@ -3,7 +3,8 @@
 TransformerLens stores `embed.W_E`, `pos_embed.W_pos`, `unembed.W_U`/`b_U` and per-head `attn.W_Q`/`W_K`/`W_V`
 `[n_heads, d_model, d_head]` with biases `[n_heads, d_head]` (grouped-query models: `attn._W_K`/`_W_V`/`_b_K`/`_b_V`
 per kv head); interp stores `W_E`, `W_pos`, `W_U`, `b_U` on the model and q, k, v fused as `attn.W_QKV`
-`[d_model, n_heads + 2 n_kv_heads, d_head]` and `attn.b_QKV`. Norms, `W_O`, `b_O` and the MLP have the same names.
+`[d_model, n_heads + 2 n_kv_heads, d_head]` and `attn.b_QKV`. Norms, `W_O`, `b_O` and the MLP have the same names;
+gated MLPs differ in their biases (TransformerLens: no b_gate, b_in added after the product; see `to_interp`).
 TransformerLens's buffers (`attn.mask`, `attn.IGNORE`, `attn.rotary_sin/cos`) are derived, not weights: dropped.
 """
 
@@ -45,8 +46,13 @@ def to_interp(state: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
                            f"{'grouped-query' if grouped else 'multi-head'} model).") from None
         out[f"{attn}.W_QKV"] = torch.cat(weights, dim=0).transpose(0, 1).contiguous()
         out[f"{attn}.b_QKV"] = torch.cat(biases, dim=0)
-        if cfg.gated_mlp and f"blocks.{layer}.mlp.b_gate" not in out:  # TransformerLens's gated MLP has no gate bias
-            out[f"blocks.{layer}.mlp.b_gate"] = torch.zeros_like(out[f"blocks.{layer}.mlp.b_in"])
+        mlp = f"blocks.{layer}.mlp"
+        if cfg.gated_mlp and f"{mlp}.b_gate" not in out:
+            # TransformerLens's gated MLP is (act(x W_gate) * (x W_in) + b_in) W_out + b_out: no gate bias, and b_in
+            # added after the product, which is the constant b_in W_out in the output; interp adds b_in to x W_in.
+            b_in = out[f"{mlp}.b_in"]
+            out[f"{mlp}.b_out"] = out[f"{mlp}.b_out"] + b_in @ out[f"{mlp}.W_out"]
+            out[f"{mlp}.b_in"], out[f"{mlp}.b_gate"] = torch.zeros_like(b_in), torch.zeros_like(b_in)
     if cfg.tie_word_embeddings and "W_U" in out and "W_E" in out and torch.equal(out["W_U"], out["W_E"].T):
         out["W_U"] = out["W_E"].T
     return out
@@ -63,7 +69,10 @@ def from_interp(state: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
     for name, value in state.items():
         match = re.fullmatch(r"(blocks\.\d+\.attn)\.(W_QKV|b_QKV)", name)
         if match is None:
-            if not (name.endswith("mlp.b_gate") and not bool(value.any())):
+            if cfg.gated_mlp and name.endswith(("mlp.b_gate", "mlp.b_in")) and bool(value.any()):
+                raise ValueError(f"{name} is not zero: TransformerLens's gated MLP has no gate bias and adds b_in "
+                                 "after the product, so these MLP biases (Llama's mlp_bias) have no TransformerLens form.")
+            if not name.endswith("mlp.b_gate"):
                 out[reverse.get(name, name)] = value
             continue
         attn, which = match.groups()
