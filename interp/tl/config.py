@@ -120,9 +120,9 @@ class HookedTransformerConfig:
             torch.manual_seed(self.seed)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
         if name in RUNTIME_SWITCHES and self.__dict__.get("_on_switch") is not None:
-            self._on_switch(name, value)
+            self._on_switch(name, value)  # first: a refused switch leaves the config as it was
+        super().__setattr__(name, value)
 
     def __getattr__(self, name: str) -> Any:
         """interp's own field names (positions, n_kv_heads, bos_token_id, ...) from the bound model's Config."""

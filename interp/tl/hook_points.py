@@ -12,7 +12,8 @@ Either way a hook is a plain function called in the forward, and `has_hooks` is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -54,8 +55,10 @@ def hook_table(root: nn.Module) -> dict[str, core_hooks.HookPoint]:
 
 
 class HookedRootModule(nn.Module):
-    """A module whose hook points are collected by `setup()` into `hook_dict` (name -> HookPoint) and `mod_dict`,
-    with TransformerLens's `hooks()` / `run_with_hooks` / `add_hook` / `reset_hooks` over them."""
+    """TransformerLens's hook API over a module's hook points: `setup()` collects them into `hook_dict` (name ->
+    HookPoint) and `mod_dict`; `add_hook` / `add_perma_hook` / `reset_hooks(including_permanent=)`, the `hooks()`
+    context manager and `run_with_hooks(*args, fwd_hooks=, reset_hooks_end=)`. `interp.tl.HookedTransformer` is one.
+    A model's opt-in points (`opt_in_names`) are selected by their names only, never by a predicate."""
 
     def setup(self) -> None:
         self.hook_dict = hook_table(self)
@@ -65,23 +68,58 @@ class HookedRootModule(nn.Module):
     def hook_points(self):  # noqa: ANN201 - TransformerLens returns dict values
         return self.hook_dict.values()
 
+    def _selected(self, name: str | Callable[[str], bool]) -> list[str]:
+        """The hook names a name or a predicate selects (KeyError with suggestions for an unknown name)."""
+        return core_hooks.resolve_names(self.hook_dict, name, named_only=getattr(self, "opt_in_names", ()))
+
     def add_hook(self, name: str | Callable[[str], bool], hook: HookFunction, dir: str = "fwd",
                  is_permanent: bool = False, level: int | None = None, prepend: bool = False) -> None:
-        for hook_name in core_hooks.resolve_names(self.hook_dict, name):
+        """Attach `hook(activation, hook_point)` to a named point or every point a predicate selects, until
+        `reset_hooks()` (`is_permanent`: until `reset_hooks(including_permanent=True)`). `level` is ignored."""
+        for hook_name in self._selected(name):
             self.hook_dict[hook_name].add_hook(hook, dir, is_permanent=is_permanent, prepend=prepend)
+
+    def add_perma_hook(self, name: str | Callable[[str], bool], hook: HookFunction, dir: str = "fwd") -> None:
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(self, direction: str = "both", including_permanent: bool = False,
+                            level: int | None = None) -> None:
+        for point in self.hook_dict.values():
+            point.remove_hooks(direction, including_permanent=including_permanent)
+
+    def clear_contexts(self) -> None:
+        for point in self.hook_dict.values():
+            point.clear_context()
 
     def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
                     level: int | None = None) -> None:
-        for point in self.hook_dict.values():
-            if clear_contexts:
-                point.clear_context()
-            point.remove_hooks(direction, including_permanent=including_permanent)
+        if clear_contexts:
+            self.clear_contexts()
+        self.remove_all_hook_fns(direction, including_permanent)
+        self.is_caching = False
 
-    def hooks(self, fwd_hooks: list = (), bwd_hooks: list = ()) -> Any:
-        return core_hooks.attached(self.hook_dict, fwd_hooks, bwd_hooks)
+    @contextmanager
+    def hooks(self, fwd_hooks: Any = (), bwd_hooks: Any = (), reset_hooks_end: bool = True,
+              clear_contexts: bool = False) -> Iterator[Any]:
+        """Hooks for a `with` block, removed on exit (even after an error) unless `reset_hooks_end=False`."""
+        handles = []
+        try:
+            for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+                for name, fn in core_hooks.checked_pairs(pairs, f"{direction}_hooks"):
+                    handles += [self.hook_dict[hook_name].add_hook(fn, direction) for hook_name in self._selected(name)]
+            yield self
+        finally:
+            if reset_hooks_end:
+                for handle in handles:
+                    handle.remove()
+                if clear_contexts:
+                    self.clear_contexts()
 
-    def run_with_hooks(self, *model_args: Any, fwd_hooks: list = (), bwd_hooks: list = (), **model_kwargs: Any) -> Any:
-        with self.hooks(fwd_hooks, bwd_hooks):
+    def run_with_hooks(self, *model_args: Any, fwd_hooks: Any = (), bwd_hooks: Any = (), reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, **model_kwargs: Any) -> Any:
+        """`self(*model_args, **model_kwargs)` with temporary hooks. Backward hooks fire in a later `.backward()` even
+        with `reset_hooks_end=True` (interp registers them on the tensors of this forward)."""
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)
 
 

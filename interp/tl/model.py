@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -24,13 +24,13 @@ from interp import model as core
 from interp import processing as processing_module
 from interp.components.blocks import set_ungrouped
 from interp.config import Config
-from interp.hooks import HookPoint, checked_pairs, resolve_names, unknown_name_error
+from interp.hooks import HookPoint
 import interp.tl.generation as generation
 import interp.tl.state_dict as tl_state
 from interp.tl.cache import ActivationCache
 from interp.tl.config import HookedTransformerConfig
 from interp.tl.factored import FactoredMatrix
-from interp.tl.hook_points import hook_table
+from interp.tl.hook_points import HookedRootModule, hook_table
 from interp.tl.parts import Embed, PosEmbed, Unembed
 from interp.tl.model_tokens import TokenizationMixin
 
@@ -45,7 +45,7 @@ class Output(NamedTuple):
     loss: Tensor
 
 
-class HookedTransformer(TokenizationMixin, core.HookedTransformer):
+class HookedTransformer(TokenizationMixin, HookedRootModule, core.HookedTransformer):
     """interp's model (GPT-2, GPT-NeoX/Pythia, Llama, Mistral, Qwen2) behind TransformerLens's API.
 
     `HookedTransformer(cfg)` takes a `HookedTransformerConfig` (or dict) and initialises random weights as
@@ -73,6 +73,9 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
         super().__init__(cfg if given is None else given.to_core(), tokenizer)
         if given is not None:
             self.cfg = given
+            for switch in ("use_attn_in", "ungroup_grouped_query_attention"):
+                if getattr(given, switch):
+                    self._switch(switch, True)
         self.embed, self.unembed = Embed(self), Unembed(self)
         if "W_pos" in self._parameters:
             self.pos_embed = PosEmbed(self)
@@ -180,66 +183,6 @@ class HookedTransformer(TokenizationMixin, core.HookedTransformer):
         self.hook_dict = dict(sorted(table.items(), key=lambda item: item[1].serial))
         self.opt_in_names = frozenset(name for name, point in self.hook_dict.items() if point.opt_in)
         self.mod_dict = self._module_table()
-
-    def hook_points(self):  # noqa: ANN201 - TransformerLens returns dict values
-        return self.hook_dict.values()
-
-    def add_hook(self, name: str | Callable[[str], bool], hook: Callable, dir: Literal["fwd", "bwd"] = "fwd",
-                 is_permanent: bool = False, level: int | None = None, prepend: bool = False) -> None:
-        """Attach `hook(activation, hook_point)` to a named point or every point a predicate selects."""
-        if isinstance(name, str) and name not in self.hook_dict:
-            raise unknown_name_error(name, self.hook_dict)
-        for hook_name in resolve_names(self.hook_dict, name, named_only=self.opt_in_names):
-            self.hook_dict[hook_name].add_hook(hook, dir, is_permanent=is_permanent, prepend=prepend)
-
-    def add_perma_hook(self, name: str | Callable[[str], bool], hook: Callable, dir: Literal["fwd", "bwd"] = "fwd"
-                       ) -> None:
-        """A hook `reset_hooks()` keeps (only `reset_hooks(including_permanent=True)` removes it)."""
-        self.add_hook(name, hook, dir=dir, is_permanent=True)
-
-    def reset_hooks(self, clear_contexts: bool = True, direction: Literal["fwd", "bwd", "both"] = "both",
-                    including_permanent: bool = False, level: int | None = None) -> None:
-        for point in self.hook_dict.values():
-            if clear_contexts:
-                point.clear_context()
-            point.remove_hooks(direction, including_permanent=including_permanent)
-        self.is_caching = False
-
-    def remove_all_hook_fns(self, direction: Literal["fwd", "bwd", "both"] = "both", including_permanent: bool = False,
-                            level: int | None = None) -> None:
-        for point in self.hook_dict.values():
-            point.remove_hooks(direction, including_permanent=including_permanent)
-
-    def clear_contexts(self) -> None:
-        for point in self.hook_dict.values():
-            point.clear_context()
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: list = [], bwd_hooks: list = [], reset_hooks_end: bool = True,  # noqa: B006
-              clear_contexts: bool = False) -> Iterator[HookedTransformer]:
-        """Hooks for a `with` block: removed on exit (even after an error) unless `reset_hooks_end=False`."""
-        handles = []
-        try:
-            for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
-                for name, fn in checked_pairs(pairs, f"{direction}_hooks"):
-                    if isinstance(name, str) and name not in self.hook_dict:
-                        raise unknown_name_error(name, self.hook_dict)
-                    for hook_name in resolve_names(self.hook_dict, name, named_only=self.opt_in_names):
-                        handles.append(self.hook_dict[hook_name].add_hook(fn, direction))
-            yield self
-        finally:
-            if reset_hooks_end:
-                for handle in handles:
-                    handle.remove()
-                if clear_contexts:
-                    self.clear_contexts()
-
-    def run_with_hooks(self, *model_args: Any, fwd_hooks: list = [], bwd_hooks: list = [],  # noqa: B006
-                       reset_hooks_end: bool = True, clear_contexts: bool = False, **model_kwargs: Any) -> Any:
-        """`model(*model_args, **model_kwargs)` with temporary hooks. Backward hooks fire in a later
-        `.backward()` even with `reset_hooks_end=True` (interp registers them on the tensors of this forward)."""
-        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
-            return self(*model_args, **model_kwargs)
 
     def run_with_cache(self, *model_args: Any, names_filter: Any = None, device: Any = None,
                        remove_batch_dim: bool = False, incl_bwd: bool = False, reset_hooks_end: bool = True,
