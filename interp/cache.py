@@ -246,6 +246,8 @@ def derivation(model: Model, name: str, selected: Iterable[str], key_mask: Tenso
         if which_ln == "ln1" and (any(getattr(block, n).has_hooks for n in split)
                                   or {f"blocks.{layer}.{n}" for n in split} & set(selected)):
             return None
+        if which_ln == "ln2" and (block.hook_mlp_in.has_hooks or f"blocks.{layer}.hook_mlp_in" in selected):
+            return None  # ln2 reads hook_mlp_in's copy, which a hook may edit
     if module.hook_scale.has_hooks or module.hook_normalized.has_hooks or source not in model.hook_dict:
         return None  # (a source missing from hook_dict was replaced by a module, e.g. a spliced SAE: capture instead)
     index = 0 if part == "scale" else 1

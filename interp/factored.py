@@ -25,7 +25,7 @@ from torch import Tensor
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def _working(tensor: Tensor) -> Tensor:
+def for_linalg(tensor: Tensor) -> Tensor:
     """The tensor in a dtype torch.linalg supports: float16 and bfloat16 become float32."""
     return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
 
@@ -179,8 +179,8 @@ class FactoredMatrix:
         bfloat16 factors are computed and returned in float32. Cached after the first call.
         """
         if self._svd is None:
-            Q_A, R_A = torch.linalg.qr(_working(self._A))  # [..., ldim, p], [..., p, mdim]; p = min(ldim, mdim)
-            Q_B, R_B = torch.linalg.qr(_working(self._B).transpose(-1, -2))  # [..., rdim, q], [..., q, mdim]
+            Q_A, R_A = torch.linalg.qr(for_linalg(self._A))  # [..., ldim, p], [..., p, mdim]; p = min(ldim, mdim)
+            Q_B, R_B = torch.linalg.qr(for_linalg(self._B).transpose(-1, -2))  # [..., rdim, q], [..., q, mdim]
             U_core, S, Vh_core = torch.linalg.svd(R_A @ R_B.transpose(-1, -2), full_matrices=False)
             self._svd = (Q_A @ U_core, S, Q_B @ Vh_core.transpose(-1, -2))
         return self._svd
@@ -215,13 +215,13 @@ class FactoredMatrix:
         last mdim - ldim are zero up to rounding. float16 and bfloat16 are computed in float32.
         """
         self._require_square("eigenvalues")
-        values = torch.linalg.eigvals(_working(self._B) @ _working(self._A))
+        values = torch.linalg.eigvals(for_linalg(self._B) @ for_linalg(self._A))
         order = values.abs().argsort(dim=-1, descending=True, stable=True)
         return values.gather(-1, order)
 
     def norm(self) -> Float[Tensor, "*batch"]:
         """Frobenius norm of AB, from ‖AB‖_F² = sum((AᵀA) * (B Bᵀ)); float16/bfloat16 in float32."""
-        A, B = _working(self._A), _working(self._B)
+        A, B = for_linalg(self._A), for_linalg(self._B)
         squared = ((A.transpose(-1, -2) @ A) * (B @ B.transpose(-1, -2))).sum(dim=(-1, -2))
         return squared.clamp_min(0).sqrt()
 

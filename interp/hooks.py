@@ -44,7 +44,7 @@ class HookPoint:
     name selects it). The model's hook table is generated from these declarations (`hook_table`).
     """
 
-    __slots__ = ("name", "shape", "opt_in", "serial", "fwd_hooks", "bwd_hooks", "permanent", "ctx")
+    __slots__ = ("name", "shape", "opt_in", "serial", "fwd_hooks", "bwd_hooks", "ctx")
     _created = itertools.count()
 
     def __init__(self, shape: str, opt_in: bool = False) -> None:
@@ -54,35 +54,34 @@ class HookPoint:
         self.serial = next(HookPoint._created)  # creation order: modules create their points in forward order
         self.fwd_hooks: list[HookFn] = []
         self.bwd_hooks: list[HookFn] = []
-        self.permanent: list[HookFn] = []  # hooks `remove_hooks(including_permanent=False)` keeps
         self.ctx: dict = {}  # scratch space a hook may keep between calls (as TransformerLens's HookPoint.ctx)
 
     @property
     def has_hooks(self) -> bool:
         return bool(self.fwd_hooks or self.bwd_hooks)
 
-    def add_hook(self, fn: HookFn, dir: str = "fwd", is_permanent: bool = False, prepend: bool = False
-                 ) -> HookHandle:
-        """Attach `fn`; `is_permanent` hooks survive `remove_hooks(including_permanent=False)`; `prepend` runs it first."""
+    def add_hook(self, fn: HookFn, dir: str = "fwd", is_permanent: bool = False, prepend: bool = False, *,
+                 direction: str | None = None) -> HookHandle:
+        """Attach `fn` for direction `dir` ("fwd" or "bwd"; `direction=` is the same); `prepend` runs it first;
+        an `is_permanent` hook survives `remove_hooks()` (only `including_permanent=True` removes it)."""
+        dir = direction or dir
         if not callable(fn):
             raise TypeError(f"A hook on {self.name!r} must be callable fn(activation, hook), got {type(fn).__name__}.")
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}.")
         hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
-        hooks.insert(0 if prepend else len(hooks), fn)
-        if is_permanent:
-            self.permanent.append(fn)
-        return HookHandle(hooks, fn)
+        entry = Permanent(fn) if is_permanent else fn
+        hooks.insert(0 if prepend else len(hooks), entry)
+        return HookHandle(hooks, entry)
 
-    def remove_hooks(self, dir: str = "both", including_permanent: bool = True) -> None:
-        """Remove the hooks of direction `dir` ("fwd", "bwd" or "both"), keeping permanent ones unless asked."""
+    def remove_hooks(self, dir: str = "fwd", including_permanent: bool = False) -> None:
+        """Remove the hooks of direction `dir` ("fwd", "bwd" or "both"), keeping permanent ones unless
+        `including_permanent` (TransformerLens's defaults; `model.reset_hooks()` removes every hook)."""
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', got {dir!r}.")
-        for which in (("fwd", self.fwd_hooks), ("bwd", self.bwd_hooks)):
-            if dir in (which[0], "both"):
-                which[1][:] = [fn for fn in which[1] if not including_permanent and _contains(self.permanent, fn)]
-        if including_permanent:
-            self.permanent = [fn for fn in self.permanent if _contains(self.fwd_hooks + self.bwd_hooks, fn)]
+        for direction, hooks in (("fwd", self.fwd_hooks), ("bwd", self.bwd_hooks)):
+            if dir in (direction, "both"):
+                hooks[:] = [fn for fn in hooks if isinstance(fn, Permanent) and not including_permanent]
 
     def clear_context(self) -> None:
         self.ctx = {}
@@ -133,9 +132,19 @@ class HookPoint:
         return f"HookPoint({self.name!r}, [{self.shape}], fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)})"
 
 
-def _contains(hooks: list[HookFn], fn: HookFn) -> bool:
-    """Whether `fn` itself (not an equal one: bound methods compare equal) is in `hooks`."""
-    return any(hook is fn for hook in hooks)
+class Permanent:
+    """A hook registered with `is_permanent=True`: calls `fn`; `remove_hooks(including_permanent=False)` keeps it."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: HookFn) -> None:
+        self.fn = fn
+
+    def __call__(self, tensor: Tensor, hook: HookPoint) -> Tensor | None:
+        return self.fn(tensor, hook)
+
+    def __repr__(self) -> str:
+        return f"Permanent({self.fn!r})"
 
 
 def hook_table(root: Any) -> dict[str, HookPoint]:

@@ -92,15 +92,15 @@ class HookedTransformer(nn.Module):
             raise unknown_name_error(name, self.hook_dict)
         return self.hook_dict[name]
 
-    def add_hook(self, name: str | Callable[[str], bool], fn: HookFn, dir: str = "fwd") -> None:
+    def add_hook(self, name: str | Callable[[str], bool], fn: HookFn, direction: str = "fwd") -> None:
         """Attach a hook that stays until `reset_hooks()`. Prefer the `hooks()` context manager."""
         for hook_name in resolve_names(self.hook_dict, name, named_only=self.opt_in_names):
-            self.hook_dict[hook_name].add_hook(fn, dir)
+            self.hook_dict[hook_name].add_hook(fn, direction)
 
     def reset_hooks(self) -> None:
         """Remove every hook from every hook point."""
         for point in self.hook_dict.values():
-            point.remove_hooks()
+            point.remove_hooks("both", including_permanent=True)
 
     @contextmanager
     def hooks(self, fwd_hooks: HookList = (), bwd_hooks: HookList = ()) -> Iterator[HookedTransformer]:

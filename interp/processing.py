@@ -228,7 +228,7 @@ def rotate_residual_stream(state: State, cfg: Config, R: Tensor) -> State:
     return state
 
 
-def refactor_factored_attn_matrices(state: State, cfg: Config) -> State:
+def refactor_factored_attn_matrices(state: State, cfg: Config, factored: Callable[..., Any] = FactoredMatrix) -> State:
     """Refactor each head's factors without changing W_QK or W_OV (Elhage et al. 2021: only the products matter).
 
     OV: b_V moves into b_O (as `fold_value_biases`), and with W_V W_O = U S Vᵀ (SVD, rank d_head) the new factors
@@ -236,7 +236,8 @@ def refactor_factored_attn_matrices(state: State, cfg: Config) -> State:
     QK: with the biases appended as a constant input coordinate, [W_Q; b_Q] [W_K; b_K]ᵀ = U S Vᵀ and the new
     factors are U √S and V √S, so query and key columns have equal norms. Logits are unchanged.
     Needs learned positions (a rotary score depends on the positions, not on W_QK alone) and one key/value
-    head per query head (under grouped-query attention a key factor is shared by several queries).
+    head per query head (under grouped-query attention a key factor is shared by several queries). `factored(A, B)`:
+    builds the FactoredMatrix whose `svd()` fixes the singular vectors' signs (interp.tl passes TransformerLens's).
     """
     if cfg.positions == "rotary":
         raise ValueError("refactor_factored_attn_matrices needs learned positions: with rotary positions the QK "
@@ -252,10 +253,10 @@ def refactor_factored_attn_matrices(state: State, cfg: Config) -> State:
         W_O, b_O = _in64(state[f"{attn}.W_O"]), _in64(state[f"{attn}.b_O"])
         W_Q, W_K, W_V = (W_QKV[:, i * heads:(i + 1) * heads].transpose(0, 1) for i in range(3))  # [head, d_model, d_head]
         b_Q, b_K, b_V = (b_QKV[i * heads:(i + 1) * heads] for i in range(3))
-        U, S, V = FactoredMatrix(torch.cat([W_Q, b_Q[:, None]], 1), torch.cat([W_K, b_K[:, None]], 1).transpose(-1, -2)).svd()
+        U, S, V = factored(torch.cat([W_Q, b_Q[:, None]], 1), torch.cat([W_K, b_K[:, None]], 1).transpose(-1, -2)).svd()
         query, key = U * S.sqrt()[:, None], V * S.sqrt()[:, None]  # [head, d_model + 1, d_head]
         b_O = b_O + einops.einsum(b_V, W_O, "head d_head, head d_head d_model -> d_model")
-        U, S, V = FactoredMatrix(W_V, W_O).svd()
+        U, S, V = factored(W_V, W_O).svd()
         new_W = torch.stack([query[:, :-1], key[:, :-1], U * S[:, None]]).flatten(0, 1)  # [3 head, d_model, d_head]
         new_b = torch.cat([query[:, -1], key[:, -1], torch.zeros_like(b_V)])
         dtype = state[f"{attn}.W_QKV"].dtype

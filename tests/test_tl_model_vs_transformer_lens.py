@@ -278,9 +278,16 @@ def test_refactor_factored_attn_matrices_equals_transformer_lens(gpt2_dir):
           center_unembed=False, refactor_factored_attn_matrices=True)
     tokens = tl.to_tokens(TEXTS[1])
     close(ours(tokens), tl_refactored(tokens))
-    # Singular vectors are unique up to sign: the factors may differ, their products and TL's invariants may not.
     close(ours.QK.AB, tl_refactored.QK.AB)
     close(ours.OV.AB, tl_refactored.OV.AB)
+    # Singular vectors are unique up to sign only. The SVDs run as TL's (same algorithm and dtype), so most signs
+    # agree too, but rounding in the processed weights may flip one: compare each singular direction up to sign.
+    for name in ("W_Q", "W_K", "W_V"):  # [layer, head, d_model, d_head]: direction c is column c
+        mine, theirs = getattr(ours, name), getattr(tl_refactored, name)
+        close(mine * (mine * theirs).sum(2, keepdim=True).sign(), theirs)
+    W_O, tl_W_O = ours.W_O, tl_refactored.W_O  # [layer, head, d_head, d_model]: direction c is row c
+    close(W_O * (W_O * tl_W_O).sum(3, keepdim=True).sign(), tl_W_O)
+    close(ours.b_O, tl_refactored.b_O)
     for model in (ours, tl_refactored):
         eye = torch.eye(model.cfg.d_head).expand(model.cfg.n_layers, model.cfg.n_heads, -1, -1)
         close(model.W_O @ model.W_O.transpose(-1, -2), eye)
@@ -506,3 +513,27 @@ def test_families_generate_equals_transformer_lens(family):
     for kwargs in (dict(do_sample=False), dict(do_sample=False, use_past_kv_cache=False), dict(seed=4, top_k=10)):
         ours, theirs = generate_both(family, tokens, max_new_tokens=5, stop_at_eos=False, **kwargs)
         assert torch.equal(ours, theirs)
+
+
+def test_left_padded_run_with_cache_equals_transformer_lens(gpt2):
+    """The cache of a left-padded batch (text, or the ids to_tokens gives) is masked as the forward is: at real
+    query positions the patterns, and the logits at the last position, equal TL's."""
+    ours, tl = gpt2["ours"], gpt2["tl"]
+    for model in (ours, tl):
+        model.tokenizer.padding_side = "left"
+    try:
+        tokens = tl.to_tokens(TEXTS)
+        from transformer_lens import utils as tl_utils
+        real = tl_utils.get_attention_mask(tl.tokenizer, tokens, True).bool()  # TL's own rule (GPT-2 pads with BOS)
+        for given in (TEXTS, tokens):
+            our_logits, our_cache = ours.run_with_cache(given)
+            tl_logits, tl_cache = quiet(tl.run_with_cache, given)
+            close(our_logits[:, -1], tl_logits[:, -1])
+            for layer in range(tl.cfg.n_layers):
+                for row in range(len(TEXTS)):
+                    ours_rows = our_cache["pattern", layer][row][:, real[row]]
+                    close(ours_rows, tl_cache["pattern", layer][row][:, real[row]])
+                close(our_cache["resid_post", layer][real], tl_cache["resid_post", layer][real])
+    finally:
+        for model in (ours, tl):
+            model.tokenizer.padding_side = "right"

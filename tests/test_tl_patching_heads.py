@@ -213,11 +213,11 @@ def test_sites_per_forward_does_not_change_the_numbers(setup):
 
 def test_left_padding_masked_as_the_models_forward_masks_it(setup, monkeypatch):
     # An interp.tl model masks left padding in its forward (TL's get_attention_mask); patching asks the model for
-    # that mask through `_tl_tokens_and_mask`, here given to interp's model by hand: row 0 has 2 padded positions.
+    # that mask through `tokens_and_mask`, here given to interp's model by hand: row 0 has 2 padded positions.
     model, corrupted, cache = setup["model"], setup["corrupted"], setup["cache"]
     mask = torch.ones(2, N_POS, dtype=torch.bool)
     mask[0, :2] = False
-    monkeypatch.setattr(model, "_tl_tokens_and_mask", lambda tokens, *rest: (tokens, mask), raising=False)
+    monkeypatch.setattr(model, "tokens_and_mask", lambda tokens, *rest: (tokens, mask))
     result = patching.get_act_patch_attn_head_v_by_pos(model, corrupted, cache, logit_difference, progress=False)
     expected = torch.empty(result.shape)
     for layer, pos, head in itertools.product(*(range(size) for size in result.shape)):

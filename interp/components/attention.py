@@ -213,7 +213,7 @@ class Ungrouped:
     (`hook_k`/`hook_v`/`hook_rot_k` and the block's `hook_k_input`/`hook_v_input` then have n_heads heads), so
     an edit of one head's key or value reaches that query head only (TransformerLens's
     ungroup_grouped_query_attention). The numbers are the grouped model's; the copies cost memory.
-    Build it with `ungrouped(attention)`."""
+    Switch a module with `set_ungrouped(attention, True)`."""
 
     n_heads: int
     group: int
@@ -229,22 +229,28 @@ class Ungrouped:
         return (self.W_K, self.b_K), (self.W_V, self.b_V)
 
 
+class UngroupedAttention(Ungrouped, Attention):
+    """`Attention` with per-query-head keys and values (see `Ungrouped`)."""
+
+
+class UngroupedRotaryAttention(Ungrouped, RotaryAttention):
+    """`RotaryAttention` with per-query-head keys and values (see `Ungrouped`)."""
+
+
 _KV_POINTS = ("hook_k", "hook_v", "hook_rot_k")
-_UNGROUPED: dict[type, type] = {}  # attention class -> its Ungrouped subclass
+_UNGROUPED = {Attention: UngroupedAttention, RotaryAttention: UngroupedRotaryAttention}
+_GROUPED = {ungrouped: grouped for grouped, ungrouped in _UNGROUPED.items()}
 
 
 def set_ungrouped(attention: Attention, ungroup: bool) -> None:
     """Switch the module (same parameters, same hook points) to per-query-head keys and values (`Ungrouped`), or
     back to one per kv head; the declared shapes of its key and value points follow."""
-    if isinstance(attention, Ungrouped) == ungroup:
-        return
-    if ungroup:
-        base = type(attention)
-        if base not in _UNGROUPED:
-            _UNGROUPED[base] = type(f"Ungrouped{base.__name__}", (Ungrouped, base), {})
-        attention.__class__ = _UNGROUPED[base]
-    else:
-        attention.__class__ = type(attention).__mro__[2]  # (UngroupedX, Ungrouped, X, ...)
+    table = _UNGROUPED if ungroup else _GROUPED
+    if type(attention) not in table:
+        if isinstance(attention, Ungrouped) == ungroup:
+            return  # already so
+        raise TypeError(f"set_ungrouped knows {sorted(c.__name__ for c in _UNGROUPED)}, not {type(attention).__name__}.")
+    attention.__class__ = table[type(attention)]
     heads = "n_heads" if ungroup else "n_kv_heads"
     for name in _KV_POINTS:
         if hasattr(attention, name):

@@ -28,7 +28,7 @@ from jaxtyping import Complex, Float
 from torch import Tensor
 
 from interp.factored import FactoredMatrix as BaseFactoredMatrix
-from interp.factored import _working
+from interp.factored import for_linalg
 
 
 def _as_row_or_column_index(item: Any, size: int, what: str) -> Any:
@@ -138,8 +138,8 @@ class FactoredMatrix(BaseFactoredMatrix):
         Cached after the first call.
         """
         if self._svd is None:
-            U_A, S_A, Vh_A = torch.linalg.svd(_working(self.A), full_matrices=False)
-            U_B, S_B, Vh_B = torch.linalg.svd(_working(self.B), full_matrices=False)
+            U_A, S_A, Vh_A = torch.linalg.svd(for_linalg(self.A), full_matrices=False)
+            U_B, S_B, Vh_B = torch.linalg.svd(for_linalg(self.B), full_matrices=False)
             middle = (S_A[..., :, None] * Vh_A) @ (U_B * S_B[..., None, :])  # [..., min(l, m), min(m, r)]
             U_M, S, Vh_M = torch.linalg.svd(middle, full_matrices=False)
             self._svd = (U_A @ U_M, S, Vh_B.transpose(-2, -1) @ Vh_M.transpose(-2, -1))
@@ -162,7 +162,7 @@ class FactoredMatrix(BaseFactoredMatrix):
     def eigenvalues(self) -> Complex[Tensor, "*batch mdim"]:
         """Eigenvalues of BA (the nonzero ones of AB), in `torch.linalg.eig`'s order; needs ldim == rdim."""
         self._require_square("eigenvalues")
-        return torch.linalg.eig(_working(self.B @ self.A)).eigenvalues
+        return torch.linalg.eig(for_linalg(self.B @ self.A)).eigenvalues
 
     def norm(self) -> Float[Tensor, "*batch"]:
         """Frobenius norm of AB: sqrt of the sum of squared singular values."""

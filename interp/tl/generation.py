@@ -34,7 +34,7 @@ def generate(model: Any, input: Any, max_new_tokens: int, stop_at_eos: bool, eos
         tokens, mask = model._tl_tokenize(input, prepend_bos, side)
     else:
         tokens = model._checked_tokens(input)
-        mask = model._tl_tokens_and_mask(tokens, prepend_bos, padding_side, None)[1]
+        mask = model.tokens_and_mask(tokens, None, padding_side, prepend_bos)[1]
         mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
     if not bool(mask[:, -1].all()):
         raise ValueError("generate appends tokens at the end of each row, so a padded batch must be left-padded: "

@@ -218,8 +218,8 @@ class HookedTransformer(TokenizationMixin, HookedRootModule, core.HookedTransfor
         (TransformerLens's `get_attention_mask`). Returns logits, the loss, `Output(logits, loss)` or None."""
         if shortformer_pos_embed is not None:
             raise NotImplementedError("shortformer positional embeddings are not implemented in interp.")
-        if start_at_layer is None:
-            input, attention_mask = self._tl_tokens_and_mask(input, prepend_bos, padding_side, attention_mask)
+        if start_at_layer is None:  # resolved here, so the loss below sees the mask text was given
+            input, attention_mask = self.tokens_and_mask(input, attention_mask, padding_side, prepend_bos)
         output = super().forward(input, return_type=return_type, loss_per_token=loss_per_token,
                                  stop_at_layer=stop_at_layer, attention_mask=attention_mask,
                                  start_at_layer=start_at_layer, tokens=tokens, past_kv_cache=past_kv_cache)
@@ -326,9 +326,15 @@ class HookedTransformer(TokenizationMixin, HookedRootModule, core.HookedTransfor
         object.__setattr__(self.cfg, "normalization_type",
                            self.core_cfg.normalization + ("Pre" if self.processing["fold_ln"] else ""))
         if refactor_factored_attn_matrices:
+            dtype = self.W_E.dtype  # TransformerLens's SVDs run in the model's dtype, and their signs depend on it
+
+            def in_model_dtype(A: Tensor, B: Tensor) -> FactoredMatrix:
+                return FactoredMatrix(A.to(dtype), B.to(dtype))
+
             state = processing_module.refactor_factored_attn_matrices(dict(core.HookedTransformer.state_dict(self)),
-                                                                       self.core_cfg)
+                                                                       self.core_cfg, factored=in_model_dtype)
             core.HookedTransformer.load_state_dict(self, state, strict=True, assign=True)
+            self.processing["fold_value_biases"] = True  # the refactor moved b_V into b_O
         return self
 
     def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False) -> Any:

@@ -69,21 +69,26 @@ class TokenizationMixin:
             mask = torch.stack([row.roll(n) for row, n in zip(mask, n_pads)])
         return tokens.to(self.W_E.device), mask.bool().to(self.W_E.device)
 
-    def _tl_tokens_and_mask(self, input: Any, prepend_bos: bool | None, padding_side: str | None,
-                            attention_mask: Tensor | None) -> tuple[Any, Tensor | None]:
-        """A forward's input and mask: text is tokenised and masked; token ids left-padded by a tokenizer whose
-        padding_side is "left" are masked by their pad tokens (TransformerLens's `utils.get_attention_mask`)."""
+    def tokens_and_mask(self, input: Any, attention_mask: Any = None, padding_side: str | None = None,
+                        prepend_bos: bool | None = None) -> tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"] | None]:
+        """Token ids and their padding mask (None: no padding), for every forward, cache and generation of this
+        model: text is tokenised as `to_tokens` does (truncated to n_ctx) and masked; token ids without a mask,
+        when padding is on the left (`padding_side`, else `tokenizer.padding_side`), are masked by their leading
+        pad tokens (TransformerLens's `utils.get_attention_mask`)."""
         if tokens_module.is_text(input):
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with token ids; text is padded and masked for you.")
             tokens, mask = self._tl_tokenize(input, prepend_bos, padding_side)
             return tokens, None if bool(mask.all()) else mask
-        if attention_mask is None and isinstance(input, Tensor) and self.tokenizer is not None \
-                and self._padding_side(padding_side) == "left" and input.ndim == 2:
+        tokens = self._checked_tokens(input)
+        if attention_mask is None and self.tokenizer is not None and self._padding_side(padding_side) == "left":
             from interp.tl.tokenization import get_attention_mask
-            mask = get_attention_mask(self.tokenizer, input, self._prepend_bos(prepend_bos), padding_side="left")
-            attention_mask = None if bool(mask.all()) else mask
-        return input, attention_mask
+            attention_mask = get_attention_mask(self.tokenizer, tokens, self._prepend_bos(prepend_bos),
+                                                padding_side="left")
+        if attention_mask is None:
+            return tokens, None
+        mask = tokens_module.check_attention_mask(attention_mask, tuple(tokens.shape), tokens.device)
+        return tokens, None if bool(mask.all()) else mask
 
     def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None,
                   padding_side: Literal["left", "right"] | None = None, move_to_device: bool = True,

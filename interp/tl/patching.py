@@ -237,8 +237,7 @@ def _tiled(x: Tensor, copies: int) -> Tensor:
 def _padding_mask(model: HookedTransformer, tokens: Tensor) -> Tensor | None:
     """The mask TL's forward gives these token ids (an interp.tl model masks left padding by its pad tokens when
     its tokenizer pads on the left); None: no padding, as for interp's own model given token ids."""
-    tokens_and_mask = getattr(model, "_tl_tokens_and_mask", None)
-    mask = None if tokens_and_mask is None else tokens_and_mask(tokens, None, None, None)[1]
+    mask = model.tokens_and_mask(tokens)[1]
     return None if mask is None or bool(mask.all()) else mask.to(tokens.device).bool()
 
 
