@@ -26,7 +26,7 @@ from torch import Tensor
 from interp.model import HookedTransformer
 
 HeadName = Literal["previous_token_head", "duplicate_token_head", "induction_head"]
-HEAD_NAMES = cast(list[HeadName], list(get_args(HeadName)))
+HEAD_NAMES = get_args(HeadName)  # a tuple, as TransformerLens prints it
 ErrorMeasure = Literal["abs", "mul"]
 LayerHeadTuple = tuple[int, int]
 LayerToHead = dict[int, list[int]]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from interp import hooks as core_hooks
 
@@ -121,6 +121,29 @@ class HookedRootModule(nn.Module):
         with `reset_hooks_end=True` (interp registers them on the tensors of this forward)."""
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)
+
+    def run_with_cache(self, *model_args: Any, names_filter: Any = None, device: Any = None,
+                       remove_batch_dim: bool = False, incl_bwd: bool = False, reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, **model_kwargs: Any) -> tuple[Any, dict[str, Tensor]]:
+        """`(output, {name: activation})` of one call (`name + "_grad"` too with `incl_bwd`, which calls
+        `.backward()` on the scalar output, as TransformerLens's HookedRootModule). names_filter: None (every point),
+        a name, a list of names or a predicate. `interp.tl.HookedTransformer` returns an `ActivationCache` instead."""
+        names = [name for name in self.hook_dict if name not in getattr(self, "opt_in_names", ())] \
+            if names_filter is None else self._selected(names_filter)
+        cache: dict[str, Tensor] = {}
+
+        def saver(suffix: str) -> HookFunction:
+            def save(tensor: Tensor, hook: core_hooks.HookPoint) -> None:
+                value = tensor.detach() if device is None else tensor.detach().to(device)
+                cache[hook.name + suffix] = value[0] if remove_batch_dim else value
+            return save
+
+        bwd = [(name, saver("_grad")) for name in names] if incl_bwd else []
+        with self.hooks([(name, saver("")) for name in names], bwd, reset_hooks_end, clear_contexts):
+            output = self(*model_args, **model_kwargs)
+            if incl_bwd:
+                output.backward()
+        return output, cache
 
 
 __all__ = ["HookPoint", "HookedRootModule", "NamesFilter", "HookFunction", "hook_table"]

@@ -193,9 +193,9 @@ class HookedTransformer(TokenizationMixin, HookedRootModule, core.HookedTransfor
         keeps those positions of each activation; `incl_bwd` also caches `name + "_grad"` of the (scalar) output."""
         if len(model_args) > 1:
             raise TypeError("run_with_cache takes the input as its one positional argument; pass the rest by name.")
-        output, cache = super().run_with_cache(model_args[0] if model_args else model_kwargs.pop("input"),
-                                               names_filter=names_filter, device=device, incl_bwd=incl_bwd,
-                                               **model_kwargs)
+        output, cache = core.HookedTransformer.run_with_cache(  # interp's, not HookedRootModule's plain one
+            self, model_args[0] if model_args else model_kwargs.pop("input"), names_filter=names_filter,
+            device=device, incl_bwd=incl_bwd, **model_kwargs)
         if isinstance(output, tuple) and len(output) == 2:
             output = Output(*output)
         cache = ActivationCache.from_interp(cache)

@@ -1,8 +1,10 @@
-"""Record the demo's numbers from TransformerLens: run tests/tl_demos/exploratory_analysis.py with its imports
-pointed at `transformer_lens`, offline, on the stand-in model, and write RESULTS with the versions and date.
+"""Record a demo's numbers from TransformerLens: run tests/tl_demos/<demo>.py with its imports pointed at
+`transformer_lens`, offline, on the stand-in models, and write RESULTS with the versions and date.
 
     /tmp/benchvenv/bin/python tests/tl_demos/record.py                   # writes tests/golden/tl_demo_numbers.json
     /tmp/benchvenv/bin/python tests/tl_demos/record.py --output x.json   # what tests/test_tl_demo.py's live test runs
+    /tmp/benchvenv/bin/python tests/tl_demos/record.py head_detector     # tests/golden/tl_head_detector_numbers.json
+                                                                         # (any demo in harness.DEMO_SPECS)
 
 Needs a venv with transformer_lens (3.x) and interp (for the stand-in model and the GPT-2 tokenizer files).
 TransformerLens's `from_pretrained("gpt2-small", hf_model=...)` still reads the "gpt2" config from the hub;
@@ -53,12 +55,36 @@ def record() -> dict:
             "results": results}
 
 
+def record_parts(spec: harness.DemoSpec) -> dict:
+    """A demo of harness.DEMO_SPECS: its models loaded by its own cells from the stand-ins, then every part."""
+    hf_models = {argument: stand_in.hf_model() for argument, stand_in in spec.stand_ins.items()}
+    weights = {argument: harness.weights_sha256(model) for argument, model in hf_models.items()}
+    for argument, stand_in in spec.stand_ins.items():
+        harness.write_offline_gpt2_config(hf_models[argument], HUB_CACHE, stand_in.hub_name)
+    with warnings.catch_warnings():  # TL 3.9 deprecates HookedTransformer and transformer_lens.utils
+        warnings.simplefilter("ignore", DeprecationWarning)
+        demo = harness.transformer_lens_demo(spec.name)
+        models = harness.load_models(demo, spec, hf_models, harness.tokenizer(HUB_CACHE / "gpt2-tokenizer"))
+        results = {name: part(*[models[argument] for argument in harness.part_arguments(part)])
+                   for name, part in demo.PARTS.items()}
+    versions = {name: importlib.metadata.version(name) for name in ("transformer_lens", "transformers", "torch")}
+    return {"recorded_with": {**versions, "date": datetime.date.today().isoformat(),
+                              "threads": torch.get_num_threads()},
+            "demo": spec.source, "models": spec.models_description(), "weights_sha256": weights,
+            "tolerance": ("|ours - TL| <= 1e-4 * max(1, |TL|); printed numbers within 0.0101"),
+            "results": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=harness.GOLDEN)
+    parser.add_argument("demo", nargs="?", default="exploratory_analysis",
+                        choices=["exploratory_analysis", *harness.DEMO_SPECS])
+    parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
+    spec = harness.DEMO_SPECS.get(arguments.demo)
+    arguments.output = arguments.output or (harness.GOLDEN if spec is None else spec.golden)
     try:
-        recorded = record()
+        recorded = record() if spec is None else record_parts(spec)
     finally:
         shutil.rmtree(HUB_CACHE, ignore_errors=True)
     arguments.output.write_text(json.dumps(recorded, indent=1) + "\n")
