@@ -468,7 +468,7 @@ def test_detect_head_on_the_transformer_lens_model_class():
 def test_supported_heads_are_printed(capsys):
     assert head_detector.get_supported_heads() is None
     assert capsys.readouterr().out.strip() == \
-        "Supported heads: ['previous_token_head', 'duplicate_token_head', 'induction_head']"
+        "Supported heads: ('previous_token_head', 'duplicate_token_head', 'induction_head')"  # a tuple, as TL
 
 
 # ----- evals ---------------------------------------------------------------------------------------

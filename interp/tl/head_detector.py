@@ -17,7 +17,7 @@ score -1. Bad input raises `DetectionError`, a ValueError that is also an Assert
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Union, cast, get_args
+from typing import Any, Literal, Union, get_args
 
 import torch
 from jaxtyping import Float, Int
