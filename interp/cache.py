@@ -117,7 +117,7 @@ class ActivationCache(Mapping[str, Tensor]):
         if sizes - {1}:
             raise ValueError(f"remove_batch_dim() needs a batch of 1, got batch sizes {sorted(sizes)}; "
                              "index one sequence instead, e.g. run on tokens[:1].")
-        derived = {k: (names, _unbatched(fn)) for k, (names, fn) in self.derived.items()}
+        derived = {k: (names, unbatched(fn)) for k, (names, fn) in self.derived.items()}
         return type(self)({k: v[0] for k, v in self.cache_dict.items()}, self.model, False, derived,
                           {k: v[0] for k, v in self.inputs.items()}, self._order, self.dtype, self.from_run,
                           None if self.attention_mask is None else self.attention_mask[0])
@@ -206,7 +206,7 @@ def _like(key_mask: Tensor | None, q: Tensor) -> Tensor | None:
     return None if key_mask is None else key_mask.to(q.device)
 
 
-def _unbatched(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def unbatched(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return lambda *inputs: fn(*(x[None] for x in inputs))[0]
 
 

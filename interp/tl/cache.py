@@ -17,7 +17,6 @@ import logging
 from typing import Any, Union
 
 import einops
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -25,30 +24,11 @@ from torch import Tensor
 from interp.analysis.decompose import check_no_padding, token_ids
 from interp.analysis.stack import ComponentStack
 from interp.cache import ActivationCache as InterpActivationCache
-from interp.cache import derivation
-from interp.tl.utils import Slice, SliceInput, get_act_name
+from interp.cache import derivation, unbatched
+from interp.tl.utils import SliceInput, as_index, get_act_name, take
 
 Stack = Float[Tensor, "component *batch_and_pos d_model"]
 TokensInput = Union[str, int, list, Int[Tensor, "..."]]
-
-def as_index(selection: SliceInput | Slice, what: str = "pos_slice") -> int | slice | Tensor:
-    """The index a TL slice input names (`utils.Slice` rules): an int, a slice (a tuple gives slice(*tuple), None
-    everything) or an index tensor (from a list, array or tensor of indices or a boolean mask)."""
-    if isinstance(selection, (bool, np.bool_)):
-        raise ValueError(f"{what}={selection!r} is a bool: give an int, a tuple, a slice, indices or None.")
-    if not (hasattr(selection, "mode") and hasattr(selection, "slice")):  # not yet a Slice (ours or TL's)
-        try:
-            selection = Slice(selection)
-        except ValueError:
-            raise ValueError(f"Invalid {what} {selection!r}: give an int, a tuple (start, stop[, step]), a slice, a "
-                             "list / tensor / array of indices, a utils.Slice or None.") from None
-    index = selection.slice
-    return torch.as_tensor(index) if isinstance(index, np.ndarray) else index
-
-
-def take(tensor: Tensor, index: int | slice | Tensor, dim: int) -> Tensor:
-    """`tensor` indexed by `index` along `dim` (an int index drops that axis)."""
-    return tensor[(slice(None),) * (dim % tensor.ndim) + (index,)]
 
 
 def _is_everything(index: int | slice | Tensor) -> bool:
@@ -68,9 +48,6 @@ class ActivationCache(InterpActivationCache):
     `ActivationCache.from_interp(cache)`, which keeps the lazily derived entries. The keyword-only arguments
     are interp's (see `interp.cache.ActivationCache`).
     """
-
-    def __init__(self, cache_dict: dict[str, Tensor], model: Any, has_batch_dim: bool = True, **interp_fields: Any):
-        super().__init__(cache_dict, model, has_batch_dim, **interp_fields)
 
     @classmethod
     def from_interp(cls, cache: InterpActivationCache) -> ActivationCache:
@@ -124,7 +101,7 @@ class ActivationCache(InterpActivationCache):
         for store in (self.cache_dict, self.inputs):
             for name, value in store.items():
                 store[name] = value[0] if value.ndim > 0 else value
-        self.derived = {name: (sources, _unbatched(fn)) for name, (sources, fn) in self.derived.items()}
+        self.derived = {name: (sources, unbatched(fn)) for name, (sources, fn) in self.derived.items()}
         self.attention_mask = None if self.attention_mask is None else self.attention_mask[0]
         self.has_batch_dim = False
         return self
@@ -146,7 +123,7 @@ class ActivationCache(InterpActivationCache):
                 self[name]
                 continue
             sources, fn = rebuilt
-            derived[name] = (sources, fn if keeps_batch else _unbatched(fn))
+            derived[name] = (sources, fn if keeps_batch else unbatched(fn))
         return ActivationCache(
             {name: take(value, index, 0) for name, value in self.cache_dict.items()}, self.model, keeps_batch,
             derived=derived, inputs={name: take(value, index, 0) for name, value in self.inputs.items()},
@@ -470,7 +447,3 @@ class ActivationCache(InterpActivationCache):
             raise ValueError(f"tokens of shape {tuple(directions.shape[:-1])} do not broadcast against the stack "
                              f"{tuple(scaled.shape)} (aligned from the right, as in TransformerLens).") from None
         return (scaled * directions.to(scaled)).sum(-1)
-
-
-def _unbatched(fn: Any) -> Any:
-    return lambda *inputs: fn(*(x[None] for x in inputs))[0]

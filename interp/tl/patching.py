@@ -7,22 +7,18 @@ What every function computes (as TL 3.9): for each index (a row of `index_df`, o
 where `clean_activation` is `clean_cache[name]`; `patching_metric(logits)` of that run (a scalar) is the entry.
 Results are float32 tensors on the model's device: axes in `index_axis_names` order, or flat with `index_df`.
 
-How it is faster, exactly. A patch in block l at position p changes nothing before block l and (attention being
-causal) nothing at positions before p. So a patched run starts at block l from the corrupted run's residual stream
-at positions >= p (`start_at_layer`), attends to the corrupted run's keys and values before p (a `KVCache`), and
-takes the corrupted logits there; several patches share one forward along the batch axis (`sites_per_forward`),
-and the metric sees each patch's own `[batch, pos, d_vocab]` logits. A patch whose clean and corrupted slices are
-equal is not run: it gives the unpatched metric. Only the setters defined here are known this way; a
-`patch_setter` of your own is called as TL calls it, in one full forward per patch.
+How it is faster, exactly: a patch reruns only the blocks and positions it can change, from the corrupted run's
+residual stream, keys and values (`interp.tl.patch_runs`), several patches per forward (`sites_per_forward`); a
+patch whose clean and corrupted slices are equal is not run (it gives the unpatched metric). A `patch_setter` of
+your own is called as TL calls it, in one full forward per patch.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import einops
 import torch
@@ -30,17 +26,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.analysis.patching import as_tokens, scalar_metric
-from interp.components.context import KVCache
+from interp.analysis.patching import as_tokens
 from interp.model import HookedTransformer
-from interp.names import act_name, layer_of
+from interp.names import act_name
+from interp.tl.patch_runs import SETTER_AXES, Metric, PatchSetter, Runs, indexes, padding_mask, setter_index
 
 Logits = Tensor
 AxisNames = Literal["layer", "pos", "head_index", "head", "src_pos", "dest_pos"]
 CorruptedActivation = Tensor
 PatchedActivation = Tensor
-PatchSetter = Callable[[Tensor, Sequence[int], Tensor], Union[Tensor, None]]
-Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
 LOGITS_PER_FORWARD = 2**26  # default sites_per_forward keeps each batched forward's logits under 256 MB (fp32)
 
 
@@ -60,43 +54,20 @@ def make_df_from_ranges(column_max_ranges: Sequence[int], column_names: Sequence
     return _pandas("make_df_from_ranges").DataFrame(rows, columns=list(column_names))
 
 
-# ----- patch setters: TL's, each registered with the activation axes (batch = 0) its index[1:] selects -----
-_SETTER_AXES: dict[Callable, tuple[int, ...]] = {}
-
-
-def _indexes(*axes: int) -> Callable[[PatchSetter], PatchSetter]:
-    def register(setter: PatchSetter) -> PatchSetter:
-        _SETTER_AXES[setter] = axes
-        return setter
-    return register
-
-
-def _where(setter: Callable, index: Sequence[int], ndim: int) -> tuple:
-    """The full index (every axis, batch included) a known setter copies for `index` = [layer, ...]."""
-    axes = _SETTER_AXES[setter]
-    if len(index) != len(axes) + 1:
-        raise ValueError(f"{setter.__name__} takes an index of {len(axes) + 1} entries (layer first), got "
-                         f"{list(index)}; check index_axis_names or the columns of index_df.")
-    where: list[Any] = [slice(None)] * ndim
-    for axis, value in zip(axes, index[1:]):
-        where[axis] = int(value)
-    return tuple(where)
-
-
 def _copy(setter: Callable, corrupted: Tensor, index: Sequence[int], clean: Tensor) -> Tensor:
-    where = _where(setter, index, corrupted.ndim)
+    where = setter_index(setter, index, corrupted.ndim)
     corrupted[where] = clean[where].to(corrupted.device, corrupted.dtype)
     return corrupted
 
 
-@_indexes(1)
+@indexes(1)
 def layer_pos_patch_setter(corrupted_activation: Tensor, index: Sequence[int], clean_activation: Tensor) -> Tensor:
     """index [layer, pos]: the clean activation at position `pos` of axis 1 (the position of every activation
     but attention patterns and scores, whose axis 1 is the head)."""
     return _copy(layer_pos_patch_setter, corrupted_activation, index, clean_activation)
 
 
-@_indexes(1, 2)
+@indexes(1, 2)
 def layer_pos_head_vector_patch_setter(corrupted_activation: Tensor, index: Sequence[int],
                                        clean_activation: Tensor) -> Tensor:
     """index [layer, pos, head]: one head's vector at one position of a `[batch, pos, head, d_head]` activation
@@ -104,28 +75,28 @@ def layer_pos_head_vector_patch_setter(corrupted_activation: Tensor, index: Sequ
     return _copy(layer_pos_head_vector_patch_setter, corrupted_activation, index, clean_activation)
 
 
-@_indexes(2)
+@indexes(2)
 def layer_head_vector_patch_setter(corrupted_activation: Tensor, index: Sequence[int],
                                    clean_activation: Tensor) -> Tensor:
     """index [layer, head]: one head's vectors at every position of a `[batch, pos, head, d_head]` activation."""
     return _copy(layer_head_vector_patch_setter, corrupted_activation, index, clean_activation)
 
 
-@_indexes(1)
+@indexes(1)
 def layer_head_pattern_patch_setter(corrupted_activation: Tensor, index: Sequence[int],
                                     clean_activation: Tensor) -> Tensor:
     """index [layer, head]: one head's whole `[dest_pos, src_pos]` attention pattern (or scores)."""
     return _copy(layer_head_pattern_patch_setter, corrupted_activation, index, clean_activation)
 
 
-@_indexes(1, 2)
+@indexes(1, 2)
 def layer_head_pos_pattern_patch_setter(corrupted_activation: Tensor, index: Sequence[int],
                                         clean_activation: Tensor) -> Tensor:
     """index [layer, head, dest_pos]: one head's attention from one destination (query) position."""
     return _copy(layer_head_pos_pattern_patch_setter, corrupted_activation, index, clean_activation)
 
 
-@_indexes(1, 2, 3)
+@indexes(1, 2, 3)
 def layer_head_dest_src_pos_pattern_patch_setter(corrupted_activation: Tensor, index: Sequence[int],
                                                  clean_activation: Tensor) -> Tensor:
     """index [layer, head, dest_pos, src_pos]: one entry of one head's attention pattern."""
@@ -165,18 +136,6 @@ def _index_rows(model: HookedTransformer, activation_name: str, n_pos: int, inde
     return [[int(value) for value in row] for row in rows], None
 
 
-@dataclass
-class _Site:
-    """One patch of a known setter: where it writes, and the position its partial rerun can start at."""
-
-    number: int  # its place in the result
-    hook_name: str
-    layer: int | None  # None: outside the blocks, run in full
-    where: tuple  # full index, batch axis included
-    pos_axis: int | None  # the hook's pos / query_pos axis, if `where` fixes it
-    start: int
-
-
 def generic_activation_patch(
     model: HookedTransformer,
     corrupted_tokens: Int[Tensor, "batch pos"],
@@ -209,9 +168,9 @@ def generic_activation_patch(
     flat = output.view(-1) if shape is not None else output
     names = list(dict.fromkeys(act_name(activation_name, row[0]) for row in rows))
     with torch.no_grad():
-        runs = _Runs(model, tokens, _padding_mask(model, tokens), names, clean_cache)
+        runs = Runs(model, tokens, padding_mask(model, tokens), names, clean_cache)
         bar = tqdm(total=len(rows), disable=not progress)
-        if patch_setter in _SETTER_AXES:
+        if patch_setter in SETTER_AXES:
             sites = [runs.site(number, act_name(activation_name, row[0]), patch_setter, row)
                      for number, row in enumerate(rows)]
             default = max(1, min(16, LOGITS_PER_FORWARD // max(1, tokens.numel() * model.cfg.d_vocab)))
@@ -227,149 +186,6 @@ def generic_activation_patch(
     if index_df is None:
         index_df = make_df_from_ranges(shape, index_axis_names)
     return output, index_df
-
-
-def _tiled(x: Tensor, copies: int) -> Tensor:
-    """`x.repeat(copies, 1, ...)` (copy-major rows), a broadcast view when the batch is 1."""
-    return x.expand(copies, *x.shape[1:]) if x.shape[0] == 1 else x.repeat(copies, *([1] * (x.ndim - 1)))
-
-
-def _padding_mask(model: HookedTransformer, tokens: Tensor) -> Tensor | None:
-    """The mask TL's forward gives these token ids (an interp.tl model masks left padding by its pad tokens when
-    its tokenizer pads on the left); None: no padding, as for interp's own model given token ids."""
-    mask = model.tokens_and_mask(tokens)[1]
-    return None if mask is None or bool(mask.all()) else mask.to(tokens.device).bool()
-
-
-class _Runs:
-    """The corrupted run (what partial reruns start from) and the patched reruns of one call."""
-
-    def __init__(self, model: HookedTransformer, tokens: Tensor, mask: Tensor | None, names: list[str],
-                 clean_cache: Any) -> None:
-        self.model, self.tokens, self.mask, self.names, self.batch = model, tokens, mask, names, tokens.shape[0]
-        n_layers = model.cfg.n_layers
-        rotary = "blocks.0.attn.hook_rot_k" in model.hook_dict
-        self.k_names = [f"blocks.{layer}.attn.hook_{'rot_k' if rotary else 'k'}" for layer in range(n_layers)]
-        self.v_names = [f"blocks.{layer}.attn.hook_v" for layer in range(n_layers)]
-        self.resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
-        self.saved: dict[str, Tensor] = {}
-
-        def save(activation: Tensor, hook: Any) -> None:
-            self.saved[hook.name] = activation
-
-        saving = dict.fromkeys(names + self.k_names + self.v_names + self.resid_names)
-        # Every run hooks the same names (`names`), so every run takes the same compute path (a hooked
-        # pattern switches a layer from fused to explicit attention, which rounds differently).
-        with HookedTransformer.hooks(model, [(name, save) for name in saving]):
-            self.logits = HookedTransformer.forward(model, tokens, attention_mask=mask)
-        self.clean: dict[str, Tensor] = {}
-        for name in names:
-            clean = clean_cache[name]
-            if tuple(clean.shape) != tuple(self.saved[name].shape):
-                raise ValueError(f"clean_cache[{name!r}] has shape {tuple(clean.shape)}, but the corrupted run's "
-                                 f"activation has {tuple(self.saved[name].shape)}: run the clean tokens with the same "
-                                 "[batch, pos] as corrupted_tokens (and keep the batch dimension in the cache).")
-            self.clean[name] = clean.to(self.saved[name].device)
-
-    def site(self, number: int, hook_name: str, setter: Callable, index: Sequence[int]) -> _Site:
-        corrupted = self.saved[hook_name]
-        where = list(_where(setter, index, corrupted.ndim))
-        for axis, value in enumerate(where):
-            if isinstance(value, int):
-                size = corrupted.shape[axis]
-                if not -size <= value < size:
-                    raise IndexError(f"Index {list(index)} is out of range for {hook_name}, of shape "
-                                     f"{tuple(corrupted.shape)} ({self.model.hook_point(hook_name).shape}).")
-                where[axis] = value % size
-        shape = self.model.hook_point(hook_name).shape.split()
-        pos_axis = next((shape.index(a) for a in ("pos", "query_pos") if a in shape), None)
-        if pos_axis is not None and not isinstance(where[pos_axis], int):
-            pos_axis = None
-        layer = layer_of(hook_name, self.model.cfg.n_layers)
-        in_blocks = 0 <= layer < self.model.cfg.n_layers
-        start = where[pos_axis] if pos_axis is not None and in_blocks else 0
-        return _Site(number, hook_name, layer if in_blocks else None, tuple(where), pos_axis, start)
-
-    def patch_all(self, sites: list[_Site], metric: Metric, per_forward: int, bar: Any) -> list[tuple[int, float]]:
-        """(site number, metric) of every site: equal slices get the corrupted metric, the rest run in chunks
-        of one block, ordered by start position (a chunk starts at its first site's position)."""
-        unchanged = float(scalar_metric(metric, self.logits))
-        results, to_run = [], []
-        for site in sites:
-            if torch.equal(self.clean[site.hook_name][site.where], self.saved[site.hook_name][site.where]):
-                results.append((site.number, unchanged))
-                bar.update(1)
-            else:
-                to_run.append(site)
-        to_run.sort(key=lambda site: (-1 if site.layer is None else site.layer, site.start))
-        chunks: list[list[_Site]] = []
-        for site in to_run:
-            if chunks and chunks[-1][0].layer == site.layer and len(chunks[-1]) < per_forward:
-                chunks[-1].append(site)
-            else:
-                chunks.append([site])
-        for chunk in chunks:
-            logits = self.run_chunk(chunk)
-            for row, site in enumerate(chunk):
-                value = scalar_metric(metric, logits[row * self.batch:(row + 1) * self.batch])
-                results.append((site.number, float(value)))
-            bar.update(len(chunk))
-        return results
-
-    def run_chunk(self, chunk: list[_Site]) -> Float[Tensor, "copies_batch pos d_vocab"]:
-        """Logits of the patched runs of `chunk` (sites of one block, or outside the blocks), copy-major rows."""
-        model, copies, layer = self.model, len(chunk), chunk[0].layer
-        start = 0 if layer is None else chunk[0].start
-        hooks = [(name, self._writer(chunk, name, start)) for name in self.names]
-        with HookedTransformer.hooks(model, hooks):
-            mask = None if self.mask is None else self.mask.repeat(copies, 1)
-            if layer is None:
-                return HookedTransformer.forward(model, self.tokens.repeat(copies, 1), attention_mask=mask)
-            cache = None
-            if start > 0:
-                cache = KVCache()
-                for later in range(layer, model.cfg.n_layers):
-                    cache.keys[later] = _tiled(self.saved[self.k_names[later]][:, :start], copies)
-                    cache.values[later] = _tiled(self.saved[self.v_names[later]][:, :start], copies)
-                past = torch.ones(copies * self.batch, start, dtype=torch.bool, device=self.tokens.device) \
-                    if mask is None else mask[:, :start]
-                cache.key_mask, cache.padded = past, not bool(past.all())
-            residual = self.saved[self.resid_names[layer]][:, start:].repeat(copies, 1, 1)
-            logits = HookedTransformer.forward(model, residual, start_at_layer=layer, past_kv_cache=cache,
-                                               attention_mask=None if mask is None else mask[:, start:])
-        return logits if start == 0 else torch.cat([_tiled(self.logits[:, :start], copies), logits], dim=1)
-
-    def _writer(self, chunk: list[_Site], hook_name: str, offset: int) -> Callable:
-        """A hook writing each site's clean slice into its rows; the run covers positions `offset`.. only."""
-        rows = [(row, site) for row, site in enumerate(chunk) if site.hook_name == hook_name]
-        clean, batch = self.clean[hook_name], self.batch
-
-        def hook(activation: Tensor, hook_point: Any) -> Tensor | None:
-            if not rows:
-                return None
-            patched = activation.clone()
-            for row, site in rows:
-                target = list(site.where)
-                target[0] = slice(row * batch, (row + 1) * batch)
-                if site.pos_axis is not None:
-                    target[site.pos_axis] -= offset
-                patched[tuple(target)] = clean[site.where]
-            return patched
-
-        return hook
-
-    def run_setter(self, hook_name: str, setter: PatchSetter, index: list[int], metric: Metric) -> float:
-        """The metric of one full rerun with `setter` editing `hook_name`, called as TL calls it."""
-        clean = self.clean[hook_name]
-
-        def hook(activation: Tensor, hook_point: Any) -> Tensor | None:
-            if activation.requires_grad:
-                activation = activation.clone()
-            return setter(activation, index, clean)
-
-        with HookedTransformer.hooks(self.model, [(hook_name, hook)]):
-            logits = HookedTransformer.forward(self.model, self.tokens, attention_mask=self.mask)
-        return float(scalar_metric(metric, logits))
 
 
 # ----- TL's specialised functions (functools.partial, as in TL: their keywords can be overridden) -----

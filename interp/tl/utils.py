@@ -287,6 +287,26 @@ class Slice:
 
 
 # ---- circuits ------------------------------------------------------------------------------------
+def as_index(selection: SliceInput | Slice, what: str = "pos_slice") -> int | slice | Tensor:
+    """(interp.tl helper, not TL API) The index a TL slice input names (`utils.Slice` rules): an int, a slice (a tuple gives slice(*tuple), None
+    everything) or an index tensor (from a list, array or tensor of indices or a boolean mask)."""
+    if isinstance(selection, (bool, np.bool_)):
+        raise ValueError(f"{what}={selection!r} is a bool: give an int, a tuple, a slice, indices or None.")
+    if not (hasattr(selection, "mode") and hasattr(selection, "slice")):  # not yet a Slice (ours or TL's)
+        try:
+            selection = Slice(selection)
+        except ValueError:
+            raise ValueError(f"Invalid {what} {selection!r}: give an int, a tuple (start, stop[, step]), a slice, a "
+                             "list / tensor / array of indices, a utils.Slice or None.") from None
+    index = selection.slice
+    return torch.as_tensor(index) if isinstance(index, np.ndarray) else index
+
+
+def take(tensor: Tensor, index: int | slice | Tensor, dim: int) -> Tensor:
+    """`tensor` indexed by `index` along `dim` (an int index drops that axis)."""
+    return tensor[(slice(None),) * (dim % tensor.ndim) + (index,)]
+
+
 def composition_scores(left: BaseFactoredMatrix, right: BaseFactoredMatrix, broadcast_dims: bool = True
                        ) -> Float[Tensor, "..."]:
     """‖L R‖_F / (‖L‖_F ‖R‖_F) of two FactoredMatrices (Elhage et al. 2021, composition scores).
