@@ -189,11 +189,14 @@ class HookedTransformer(nn.Module):
             if self.ln_final.hook_scale.has_hooks or self.ln_final.hook_normalized.has_hooks:
                 self.ln_final(residual)
             return None
-        logits = affine(self.ln_final(residual), self.W_U, self.b_U)
+        logits = self._unembed(self.ln_final(residual))
         if return_type == "logits":
             return logits
         loss = next_token_loss(logits, tokens, per_token=loss_per_token, attention_mask=mask)
         return loss if return_type == "loss" else (logits, loss)
+
+    def _unembed(self, normalized: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return affine(normalized, self.W_U, self.b_U)
 
     def _layer_range(self, start_at_layer: int | None, stop_at_layer: int | None) -> tuple[int, int | None]:
         """[start, stop) of the blocks to run, as non-negative indices (stop None: to the end)."""

@@ -28,11 +28,11 @@ _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
 def layer_of(name: str, n_layers: int) -> int:
-    """The block a hook name belongs to: -1 for the embeddings, n_layers for ln_final."""
+    """The block a hook name belongs to: -1 for the embeddings, n_layers for ln_final (and interp.tl's unembed)."""
     match = _LAYER.match(name)
     if match:
         return int(match.group(1))
-    return n_layers if name.startswith("ln_final.") else -1
+    return n_layers if name.startswith(("ln_final.", "unembed.")) else -1
 
 
 def act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:

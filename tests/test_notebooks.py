@@ -43,4 +43,5 @@ def test_notebook_executes(path, tmp_path):
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "induction_heads", "circuits", "decomposition_and_paths"}
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "induction_heads", "circuits", "decomposition_and_paths",
+                                           "coming_from_transformer_lens"}

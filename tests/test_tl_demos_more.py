@@ -29,14 +29,9 @@ from tl_demos import attribution_patching, harness, head_detector, main_demo  # 
 pytestmark = pytest.mark.slow  # ~1,100 patching reruns with a 50257-token unembedding, and two smaller demos
 
 MODULES = {"attribution_patching": attribution_patching, "head_detector": head_detector, "main_demo": main_demo}
-NO_UNEMBED_HOOKS = ("interp.tl has no unembed.hook_in / unembed.hook_out (TL 3.9's components/unembed.py has both), "
-                    "so 2 fewer activations and gradients are cached")
 TRIPLE_LN1 = ("TL applies ln1 three times per block (to the q, k and v inputs separately), so blocks.L.ln1.hook_scale "
               "and hook_normalized fire three times per forward and three times in backward")
 KNOWN_DIFFERENCES = {
-    ("attribution_patching", "ioi", "cache_printout"): NO_UNEMBED_HOOKS,
-    ("attribution_patching", "ioi", "cached_names"): NO_UNEMBED_HOOKS,
-    ("attribution_patching", "ioi", "cached_gradient_names"): NO_UNEMBED_HOOKS,
     **{("attribution_patching", "ioi", key): (
         f"{TRIPLE_LN1}: a gradient cache keeps the last firing, the query path's gradient of the LayerNorm scale; "
         "interp.tl's one ln1 gives the full gradient (q + k + v paths), which the notebook's head-path formula reads")
@@ -142,14 +137,6 @@ def test_known_difference_from_transformer_lens_is_still_there(runs, demo, part,
 
 
 # ----- the explanations in KNOWN_DIFFERENCES predict TL's values from ours ------------------------------------
-def test_cached_names_are_transformer_lens_names_less_the_unembed_hooks(runs):
-    reference, ours = golden("attribution_patching")["results"]["ioi"], runs["attribution_patching"].part("ioi")
-    for key in ("cached_names", "cached_gradient_names"):
-        assert ours[key] == [name for name in reference[key] if not name.startswith("unembed.hook_")], key
-    counts = [int(count) for count in re.findall(r"Cached: (\d+)", reference["cache_printout"])]
-    assert re.findall(r"Cached: (\d+)", ours["cache_printout"]) == [str(count - 2) for count in counts]
-
-
 def test_hook_names_are_transformer_lens_names_with_ln1_firing_once(runs):
     reference = golden("main_demo")["results"]["internals"]["hook_names_printout"].splitlines()
     ours = runs["main_demo"].part("internals")["hook_names_printout"].splitlines()

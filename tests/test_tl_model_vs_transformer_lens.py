@@ -414,9 +414,8 @@ def test_run_with_cache_equals_transformer_lens(gpt2, kwargs):
     tl_logits, tl_cache = tl.run_with_cache(tokens, **kwargs)
     close(our_logits, tl_logits)
     assert isinstance(our_cache, dict) == isinstance(tl_cache, dict)
-    shared = [name for name in tl_cache.keys() if not name.startswith("unembed.")]  # TL-only unembed.hook_in/out
-    assert sorted(our_cache.keys()) == sorted(shared)
-    for name in shared:
+    assert sorted(our_cache.keys()) == sorted(tl_cache.keys())  # unembed.hook_in / hook_out included
+    for name in tl_cache.keys():
         close(our_cache[name], tl_cache[name])
 
 
@@ -429,7 +428,7 @@ def test_run_with_cache_incl_bwd_equals_transformer_lens(gpt2):
     close(our_loss, tl_loss)
     # TL 3.9's backward hooks on a norm's hook_scale / hook_normalized report wrong gradients (0 at the BOS position;
     # finite differences agree with interp's: test_tl_model.py checks them), so those are left out here.
-    grads = [name for name in tl_cache.keys() if name.endswith("_grad") and not name.startswith("unembed.")
+    grads = [name for name in tl_cache.keys() if name.endswith("_grad")
              and not name.endswith(("hook_scale_grad", "hook_normalized_grad"))]
     assert len(grads) > 20
     for name in grads:

@@ -77,6 +77,7 @@ class HookedTransformer(TokenizationMixin, HookedRootModule, core.HookedTransfor
                 if getattr(given, switch):
                     self._switch(switch, True)
         self.embed, self.unembed = Embed(self), Unembed(self)
+        self.hook_dict = hook_table(self)  # with unembed.hook_in / hook_out
         if "W_pos" in self._parameters:
             self.pos_embed = PosEmbed(self)
         if given is not None and given.normalization_type in ("LNPre", "RMSPre"):
@@ -121,6 +122,9 @@ class HookedTransformer(TokenizationMixin, HookedRootModule, core.HookedTransfor
                 setattr(tl_cfg, name, getattr(current, name))
         object.__setattr__(tl_cfg, "_on_switch", self._switch)
         self.__dict__["_tl_cfg"] = tl_cfg
+
+    def _unembed(self, normalized: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return self.unembed(normalized)  # through TransformerLens's unembed.hook_in / hook_out
 
     def _replace_config(self, **changes: Any) -> None:
         self.cfg = dataclasses.replace(self.core_cfg, **changes)

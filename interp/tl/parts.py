@@ -2,7 +2,8 @@
 
 interp keeps W_E, W_pos, W_U and b_U on the model itself (one copy, one state-dict name each); these small callables
 give TransformerLens's `model.embed(tokens)`, `model.embed.W_E`, `model.unembed(residual)` on those same tensors.
-They hold no parameters, so saving, `.to()` and processing see each weight once.
+They hold no parameters, so saving, `.to()` and processing see each weight once; `unembed` is a module
+because it holds TransformerLens's `unembed.hook_in` / `unembed.hook_out` hook points.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from interp.components.context import positions_from_mask
+from interp.components.functional import affine
+from interp.hooks import HookPoint
 
 
 class Embed:
@@ -56,11 +59,16 @@ class PosEmbed:
         return F.embedding(positions, self._model.W_pos)
 
 
-class Unembed:
-    """`unembed(residual)` -> residual @ W_U + b_U `[batch, pos, d_vocab]` (the input is ln_final's output)."""
+class Unembed(nn.Module):
+    """`unembed(residual)` -> residual @ W_U + b_U `[batch, pos, d_vocab]` (the input is ln_final's output), with
+    TransformerLens 3.9's `unembed.hook_in` (that input) and `unembed.hook_out` (the logits). A module without
+    parameters: the model holds W_U and b_U, and the model's forward computes its logits here."""
 
     def __init__(self, model: Any) -> None:
-        self._model = model
+        super().__init__()
+        object.__setattr__(self, "_model", model)  # a plain reference: not a submodule (no cycle in the module tree)
+        self.hook_in = HookPoint("batch pos d_model")
+        self.hook_out = HookPoint("batch pos d_vocab")
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
@@ -70,5 +78,5 @@ class Unembed:
     def b_U(self) -> Float[Tensor, "d_vocab"]:
         return self._model.b_U
 
-    def __call__(self, residual: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return residual @ self._model.W_U + self._model.b_U
+    def forward(self, residual: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return self.hook_out(affine(self.hook_in(residual), self._model.W_U, self._model.b_U))
