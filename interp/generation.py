@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+import tqdm
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.components.context import KVCache
@@ -31,29 +33,15 @@ def generate(model: Any, input: Any, max_new_tokens: int, temperature: float, to
         raise ValueError(f"{tokens.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds n_ctx={model.cfg.n_ctx}; "
                          "generate fewer tokens or shorten the prompt.")
     eos = model.cfg.eos_token_id
-    eos_ids = torch.tensor(model.cfg.eos_token_ids, dtype=torch.long, device=tokens.device)
     if stop_at_eos and eos is None:
         raise ValueError("stop_at_eos=True but the model's config has no eos_token_id; load the model with a "
                          "config that sets it, or let max_new_tokens end the generation.")
     n_prompt_tokens = tokens.shape[1]
     generator = torch.Generator(device=tokens.device).manual_seed(seed) if seed is not None else None
-    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    cache = KVCache() if use_past_kv_cache else None
-    step_tokens, step_mask = tokens, mask
-    for _ in range(max_new_tokens):
-        if cache is not None:
-            logits = model(step_tokens, attention_mask=step_mask, past_kv_cache=cache)[:, -1, :].float()
-        else:
-            logits = model(tokens, attention_mask=mask)[:, -1, :].float()
-        next_token = sample_next(logits, temperature, top_k, generator)
-        if stop_at_eos:  # a finished row keeps emitting eos_token_id while the others go on
-            next_token = next_token.masked_fill(finished, eos)
-            finished |= torch.isin(next_token, eos_ids)  # any of the config's end ids (Llama 3 has three)
-        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        step_tokens, step_mask = next_token[:, None], None
-        if stop_at_eos and bool(finished.all()):
-            break
+    eos_ids = torch.tensor(model.cfg.eos_token_ids, dtype=torch.long, device=tokens.device)
+    tokens, mask = continue_sequences(
+        model, tokens, mask, max_new_tokens, lambda logits, _: sample_next(logits.float(), temperature, top_k, generator),
+        model.cfg.eos_token_ids if stop_at_eos else (), eos, use_past_kv_cache)  # any of the config's end ids
     if not as_text:
         return tokens
     rows = [row[real][n_added:] for row, real in zip(tokens, mask)]
@@ -62,6 +50,33 @@ def generate(model: Any, input: Any, max_new_tokens: int, temperature: float, to
         rows = [row[:start + _through_first(row[start:], eos_ids)] for row, start in zip(rows, n_prompt)]
     texts = [model.to_string(row) for row in rows]
     return texts[0] if isinstance(input, str) else texts
+
+
+def continue_sequences(model: Any, tokens: Int[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"],
+                       max_new_tokens: int, choose: Callable[[Tensor, Tensor], Tensor], stop_ids: Sequence[int],
+                       fill_id: int | None, use_past_kv_cache: bool, progress: bool = False
+                       ) -> tuple[Int[Tensor, "batch pos_plus_new"], Bool[Tensor, "batch pos_plus_new"]]:
+    """The generation loop: append `choose(last_logits [batch, d_vocab], tokens so far)` to every (left-padded)
+    row, up to `max_new_tokens` times. A row that emits one of `stop_ids` is finished and keeps getting `fill_id`;
+    the loop ends when every row is. With a `KVCache` each step after the first runs only the new tokens."""
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=tokens.device)
+    cache = KVCache() if use_past_kv_cache else None
+    step_tokens, step_mask = tokens, mask
+    for _ in tqdm.tqdm(range(max_new_tokens), disable=not progress):
+        inputs = (step_tokens, step_mask) if cache is not None else (tokens, mask)
+        logits = model(inputs[0], attention_mask=inputs[1], past_kv_cache=cache)[:, -1, :]
+        next_token = choose(logits, tokens).to(tokens.device)
+        if len(stops):
+            next_token = next_token.masked_fill(finished, fill_id)
+            finished |= torch.isin(next_token, stops)
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        # An explicit mask for the new tokens: a model that infers padding from pad ids (interp.tl) must not.
+        step_tokens, step_mask = next_token[:, None], torch.ones_like(mask[:, :1])
+        if len(stops) and bool(finished.all()):
+            break
+    return tokens, mask
 
 
 def sample_next(logits: Float[Tensor, "batch d_vocab"], temperature: float, top_k: int | None,

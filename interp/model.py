@@ -335,10 +335,12 @@ class HookedTransformer(nn.Module):
         attention_mask, padding_side = kwargs.pop("attention_mask", None), kwargs.pop("padding_side", None)
         if kwargs.get("start_at_layer") is not None:
             mask = self._residual_mask(attention_mask, padding_side, input)
+            if mask is not None:
+                kwargs["attention_mask"] = mask
         else:
             input, mask = self.tokens_and_mask(input, attention_mask, padding_side, kwargs.pop("prepend_bos", None))
-        if mask is not None:
-            kwargs["attention_mask"] = mask
+            # Resolved once, here: an explicit mask (all ones: no padding), so the forward does not resolve it again.
+            kwargs["attention_mask"] = torch.ones_like(input, dtype=torch.bool) if mask is None else mask
         return input, mask, kwargs
 
     def _residual_mask(self, attention_mask: Any, padding_side: str | None, residual: Any

@@ -103,3 +103,31 @@ def test_core_reset_hooks_removes_permanent_hooks_too():
     model.add_hook("hook_embed", lambda x, h: None, direction="fwd")  # interp's own keyword
     model.reset_hooks()
     assert not any(point.has_hooks for point in model.hook_dict.values())
+
+
+def test_generated_pad_ids_are_not_taken_for_padding(text_model):
+    """A generated token that equals the pad id (GPT-2: its EOS) is a real token: with the KV cache and a tokenizer
+    padding on the left, generation equals the uncached run, which masks from the known padding only."""
+    model = text_model
+    pad = model.tokenizer.pad_token_id
+    calls = []
+
+    def force_pad_first(logits, hook):  # the first step emits the pad id; later steps are the model's own
+        calls.append(1)
+        if len(calls) == 1:
+            logits[:, -1, pad] += 1e4
+        return logits
+
+    model.tokenizer.padding_side, model.cfg.default_prepend_bos = "left", False  # no BOS: a leading pad id is padding
+    try:
+        runs = []
+        for cached in (True, False):
+            calls.clear()
+            with model.hooks([("unembed.hook_out", force_pad_first)]):
+                runs.append(model.generate(PROMPTS, max_new_tokens=4, do_sample=False, stop_at_eos=False,
+                                           prepend_bos=False, use_past_kv_cache=cached, return_type="tokens",
+                                           verbose=False))
+        assert bool((runs[0][:, -4] == pad).all())
+        assert torch.equal(runs[0], runs[1])
+    finally:
+        model.tokenizer.padding_side, model.cfg.default_prepend_bos = "right", True

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import tqdm
+from torch import Tensor
 
-from interp.components.context import KVCache
+from interp.generation import continue_sequences
 from interp.tokens import is_text
 
 
@@ -43,33 +43,21 @@ def generate(model: Any, input: Any, max_new_tokens: int, stop_at_eos: bool, eos
     pad_id = _padding_id(model, stop_ids, eos_token_id)
     if tokens.shape[1] + max_new_tokens > model.cfg.n_ctx:
         raise ValueError(f"{tokens.shape[1]} tokens + max_new_tokens={max_new_tokens} exceed n_ctx={model.cfg.n_ctx}.")
-    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    cache = KVCache() if use_past_kv_cache else None
-    step_tokens, step_mask = tokens, mask
+
+    def choose(last_logits: Tensor, tokens_so_far: Tensor) -> Tensor:
+        if not do_sample:
+            return last_logits.argmax(-1)
+        return sample_logits(last_logits, top_k=top_k, top_p=top_p, temperature=temperature,
+                             freq_penalty=freq_penalty, tokens=tokens_so_far)
+
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for _ in tqdm.tqdm(range(max_new_tokens), disable=not verbose):
-            if cache is not None:
-                logits = model.forward(step_tokens, attention_mask=step_mask, past_kv_cache=cache)
-            else:
-                logits = model.forward(tokens, attention_mask=mask)
-            final = logits[:, -1, :]
-            if do_sample:
-                new = sample_logits(final, top_k=top_k, top_p=top_p, temperature=temperature,
-                                    freq_penalty=freq_penalty, tokens=tokens)
-            else:
-                new = final.argmax(-1)
-            new = new.to(tokens.device)
-            if stop_ids:
-                new = new.masked_fill(finished, pad_id)
-                finished |= torch.isin(new, torch.tensor(stop_ids, device=new.device))
-            tokens = torch.cat([tokens, new[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            step_tokens, step_mask = new[:, None], None  # the cache holds the earlier tokens' padding
-            if stop_ids and bool(finished.all()):
-                break
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            tokens, mask = continue_sequences(model, tokens, mask, max_new_tokens, choose, stop_ids, pad_id,
+                                              use_past_kv_cache, progress=verbose)
+    finally:
+        model.train(was_training)
     if return_type == "tokens":
         return tokens
     texts = [model.tokenizer.decode(row[real], skip_special_tokens=True) for row, real in zip(tokens, mask)]

@@ -222,8 +222,10 @@ class HookedTransformer(TokenizationMixin, HookedRootModule, core.HookedTransfor
         (TransformerLens's `get_attention_mask`). Returns logits, the loss, `Output(logits, loss)` or None."""
         if shortformer_pos_embed is not None:
             raise NotImplementedError("shortformer positional embeddings are not implemented in interp.")
-        if start_at_layer is None:  # resolved here, so the loss below sees the mask text was given
+        if start_at_layer is None:  # resolved once, here (the loss below needs the mask text was given); passed on
             input, attention_mask = self.tokens_and_mask(input, attention_mask, padding_side, prepend_bos)
+            if attention_mask is None:  # explicitly, so that interp's forward does not infer padding again
+                attention_mask = torch.ones_like(input, dtype=torch.bool)
         output = super().forward(input, return_type=return_type, loss_per_token=loss_per_token,
                                  stop_at_layer=stop_at_layer, attention_mask=attention_mask,
                                  start_at_layer=start_at_layer, tokens=tokens, past_kv_cache=past_kv_cache)
