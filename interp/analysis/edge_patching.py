@@ -1,0 +1,378 @@
+"""Exact edge patching: the metric with any set of edges kept and every other edge's sender replaced.
+
+A circuit (a set of kept edges of a `Graph`) is evaluated by giving every receiver channel its own input:
+
+    input_r = resid_r − Σ_{s -> r removed} (out_s − patch_s)
+
+where resid_r is the residual stream the receiver reads in this (patched) run, out_s the sender's output in
+this run and patch_s its replacement: its output on the corrupted input (`sender_outputs(corrupted)`), its
+mean over a reference set (`.mean(1, keepdim=True)`), or zero (`torch.zeros_like`). Kept edges carry the
+sender's value in this run, which may itself differ from the clean run because of patches upstream (as in
+EAP-IG's and MIB's evaluation). All edges kept is the clean run; none kept gives every receiver its corrupted
+input, which is the corrupted run. One forward evaluates many circuits (a row block each), every receiver of
+every circuit at once: each head reads its own q/k/v input copy (`hook_q_input`, ...), each MLP its own
+`hook_mlp_in`, and the logits the final residual stream minus their removed senders.
+
+`exact_edge_scores` patches one edge at a time, for every edge: score = m(all edges but e) − m(clean), the
+quantity EAP estimates. A run for an edge into layer l starts at layer l from the cached clean residual
+stream (the layers before are unchanged), with edges batched along the batch axis.
+
+Memory: the sender outputs are `[n_senders, batch, pos, d_model]` floats per run (GPT-2 small, 1×32:
+157 × 32 × 768 × 4 B = 15 MB); evaluating C circuits together holds C of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.analysis.graph import Circuit, Graph
+from interp.analysis.patching import (HookList, Metric, Tokens, check_metric_ignores_padding, checked_inputs,
+                                      scalar_metric)
+from interp.hooks import HookPoint
+from interp.model import HookedTransformer
+
+SenderOutputs = Float[Tensor, "n_senders batch pos d_model"]
+
+
+# ----- graph <-> hook points -------------------------------------------------------------------------------
+def check_graph(model: HookedTransformer, graph: Graph) -> None:
+    """ValueError unless `graph` is this model's graph."""
+    if graph != Graph.from_model(model):
+        raise ValueError(f"This graph ({graph.n_layers} layers, {graph.n_heads} heads, {graph.n_kv_heads} kv heads, "
+                         f"parallel={graph.parallel}) is not the model's; build it with Graph.from_model(model).")
+
+
+def head_senders(graph: Graph, layer: int) -> slice:
+    start = 1 + layer * (graph.n_heads + 1)
+    return slice(start, start + graph.n_heads)
+
+
+def mlp_sender(graph: Graph, layer: int) -> int:
+    return 1 + layer * (graph.n_heads + 1) + graph.n_heads
+
+
+def receiver_slices(graph: Graph, layer: int) -> dict[str, slice]:
+    """Receiver indices of layer `layer`'s q, k, v and mlp channels (and, at layer n_layers, the logits)."""
+    if layer == graph.n_layers:
+        return {"logits": slice(len(graph.receivers) - 1, len(graph.receivers))}
+    H, K = graph.n_heads, graph.n_kv_heads
+    base = layer * (H + 2 * K + 1)
+    return {"q": slice(base, base + H), "k": slice(base + H, base + H + K),
+            "v": slice(base + H + K, base + H + 2 * K), "mlp": slice(base + H + 2 * K, base + H + 2 * K + 1)}
+
+
+def senders_before(graph: Graph, layer: int, kind: str) -> int:
+    """How many senders (a prefix of `graph.senders`) a receiver of this kind in this layer can read."""
+    if kind in ("q", "k", "v") or (kind == "mlp" and graph.parallel):
+        return 1 + layer * (graph.n_heads + 1)
+    return mlp_sender(graph, layer) if kind == "mlp" else len(graph.senders)
+
+
+RECEIVER_POINTS = {"q": "hook_q_input", "k": "hook_k_input", "v": "hook_v_input", "mlp": "hook_mlp_in"}
+
+
+def receiver_point(graph: Graph, layer: int, kind: str) -> str:
+    if kind == "logits":
+        return f"blocks.{graph.n_layers - 1}.hook_resid_post"
+    return f"blocks.{layer}.{RECEIVER_POINTS[kind]}"
+
+
+def to_heads_last(x: Tensor) -> Tensor:
+    """`[heads, rows, pos, d_model]` -> `[rows, pos, heads, d_model]` (the q/k/v input hooks' layout)."""
+    return x.permute(1, 2, 0, 3)
+
+
+# ----- sender outputs ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def sender_outputs(model: HookedTransformer, graph: Graph, tokens: Tokens, attention_mask: Tensor | None = None,
+                   hooks: HookList = ()) -> SenderOutputs:
+    """Every sender's output on `tokens`, `[n_senders, batch, pos, d_model]` in `graph.senders` order: the
+    embeddings (`blocks.0.hook_resid_pre`), each head's `attn.hook_result` slice, each `hook_mlp_out`."""
+    check_graph(model, graph)
+    tokens, mask = model.tokens_and_mask(tokens, attention_mask)
+    out: list[Tensor] = [None] * len(graph.senders)  # type: ignore[list-item]
+
+    def keep_input(x: Tensor, hook: HookPoint) -> None:
+        out[0] = x.detach().clone()
+
+    def keep_heads(layer: int) -> Callable:
+        def fn(x: Tensor, hook: HookPoint) -> None:
+            out[head_senders(graph, layer)] = list(x.detach().permute(2, 0, 1, 3))
+        return fn
+
+    def keep_mlp(layer: int) -> Callable:
+        def fn(x: Tensor, hook: HookPoint) -> None:
+            out[mlp_sender(graph, layer)] = x.detach().clone()
+        return fn
+
+    recorders = [("blocks.0.hook_resid_pre", keep_input)]
+    for layer in range(graph.n_layers):
+        recorders += [(f"blocks.{layer}.attn.hook_result", keep_heads(layer)),
+                      (f"blocks.{layer}.hook_mlp_out", keep_mlp(layer))]
+    with model.hooks([*hooks, *recorders]):
+        model(tokens, attention_mask=mask, return_type=None)
+    return torch.stack(out)
+
+
+# ----- evaluating circuits ------------------------------------------------------------------------------------
+def removed_matrix(graph: Graph, keep: Bool[Tensor, "circuits n_edges"]) -> Float[Tensor, "circuits n_receivers n_senders"]:
+    """1 where the edge sender -> receiver exists and is removed, per circuit."""
+    matrix = torch.zeros(keep.shape[0], len(graph.receivers), len(graph.senders))
+    matrix[:, graph.edge_receiver, graph.edge_sender] = (~keep).float()
+    return matrix
+
+
+class _CircuitRun:
+    """The hooks of one forward that evaluates `circuits` circuits, `batch` rows each (circuit-major rows)."""
+
+    def __init__(self, graph: Graph, removed: Tensor, patch: Tensor, circuits: int, batch: int) -> None:
+        self.graph, self.removed, self.patch = graph, removed, patch  # patch: [senders, batch|1, pos|1, d_model]
+        self.circuits, self.batch = circuits, batch
+        self.delta: Tensor | None = None  # [senders, circuits, batch, pos, d_model]: out_s - patch_s in this run
+
+    def _store(self, index: Any, out: Tensor) -> None:  # out: [senders_here, rows, pos, d_model]
+        shaped = out.reshape(out.shape[0], self.circuits, self.batch, *out.shape[2:])
+        if self.delta is None:
+            self.delta = out.new_zeros(len(self.graph.senders), *shaped.shape[1:])
+        self.delta[index] = shaped - self.patch[index].unsqueeze(1)
+
+    def _correction(self, receivers: slice, n_senders: int) -> Tensor | None:
+        """Σ removed (out_s - patch_s), `[receivers, rows, pos, d_model]`, or None when nothing is removed."""
+        weights = self.removed[:, receivers, :n_senders]
+        if not weights.any():
+            return None
+        delta = self.delta[:n_senders].to(weights.device)
+        correction = torch.einsum("crs,scbpd->rcbpd", weights.to(delta.dtype), delta)
+        return correction.reshape(correction.shape[0], self.circuits * self.batch, *correction.shape[3:])
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        graph = self.graph
+        pairs: list[tuple[str, Callable]] = [("blocks.0.hook_resid_pre", lambda x, hook: self._store(slice(0, 1), x[None]))]
+        for layer in range(graph.n_layers + 1):
+            for kind, receivers in receiver_slices(graph, layer).items():
+                if self.removed[:, receivers].any():
+                    pairs.append((receiver_point(graph, layer, kind), self._reader(receivers, senders_before(graph, layer, kind), kind)))
+            if layer < graph.n_layers:
+                pairs += [(f"blocks.{layer}.attn.hook_result",
+                           lambda x, hook, s=head_senders(graph, layer): self._store(s, x.permute(2, 0, 1, 3))),
+                          (f"blocks.{layer}.hook_mlp_out",
+                           lambda x, hook, s=mlp_sender(graph, layer): self._store(slice(s, s + 1), x[None]))]
+        return pairs
+
+    def _reader(self, receivers: slice, n_senders: int, kind: str) -> Callable:
+        def fn(x: Tensor, hook: HookPoint) -> Tensor | None:
+            correction = self._correction(receivers, n_senders)
+            if correction is None:
+                return None
+            if kind in ("q", "k", "v"):
+                return x - to_heads_last(correction)
+            return x - correction[0]
+        return fn
+
+
+def evaluate_circuits(model: HookedTransformer, circuits: Sequence[Circuit] | Circuit, clean_tokens: Tokens,
+                      patch: SenderOutputs, metric: Metric, *, attention_mask: Tensor | None = None,
+                      hooks: HookList = (), chunk_size: int = 8, progress: bool = False) -> Float[Tensor, "circuits"]:
+    """The metric of each circuit on `clean_tokens`, every removed edge's sender replaced by `patch`
+    (`[n_senders, batch or 1, pos or 1, d_model]`, e.g. `sender_outputs(model, graph, corrupted)`), float64.
+
+    `chunk_size` circuits share one forward (`chunk_size × batch` rows). `hooks` are added to every forward
+    (e.g. `frozen_hooks`). The metric is called on each circuit's `[batch, pos, d_vocab]` logits."""
+    single = isinstance(circuits, Circuit)
+    circuits = [circuits] if single else list(circuits)
+    if not circuits:
+        raise ValueError("No circuits to evaluate.")
+    graph = circuits[0].graph
+    check_graph(model, graph)
+    if any(c.graph != graph for c in circuits):
+        raise ValueError("All circuits must belong to the same graph.")
+    tokens, mask = model.tokens_and_mask(clean_tokens, attention_mask)
+    patch = checked_patch(graph, patch, tokens)
+    values: list[float] = []
+    chunks = range(0, len(circuits), chunk_size)
+    for start in tqdm(chunks, desc="circuits", disable=not progress or len(chunks) < 2):
+        chunk = circuits[start:start + chunk_size]
+        keep = torch.stack([c.in_graph for c in chunk])
+        run = _CircuitRun(graph, removed_matrix(graph, keep), patch, len(chunk), tokens.shape[0])
+        rows = len(chunk)
+        with torch.no_grad(), model.hooks([*hooks, *run.hooks()]):
+            logits = model(tokens.repeat(rows, 1), attention_mask=None if mask is None else mask.repeat(rows, 1))
+        batch = tokens.shape[0]
+        values += [float(scalar_metric(metric, logits[i * batch:(i + 1) * batch])) for i in range(rows)]
+    result = torch.tensor(values, dtype=torch.float64)
+    return result[0] if single else result
+
+
+def checked_patch(graph: Graph, patch: Tensor, tokens: Tensor) -> Tensor:
+    """`patch` checked to be `[n_senders, batch or 1, pos or 1, d_model]` for these tokens."""
+    shape = (len(graph.senders), *tokens.shape, graph.d_model)
+    if not isinstance(patch, Tensor) or patch.ndim != 4 or patch.shape[0] != shape[0] or patch.shape[3] != shape[3] \
+            or patch.shape[1] not in (1, shape[1]) or patch.shape[2] not in (1, shape[2]):
+        got = tuple(patch.shape) if isinstance(patch, Tensor) else type(patch).__name__
+        raise ValueError(f"patch must be the senders' replacement outputs [n_senders={shape[0]}, batch={shape[1]} or 1, "
+                         f"pos={shape[2]} or 1, d_model={shape[3]}] (sender_outputs(model, graph, corrupted), or its "
+                         f".mean(1, keepdim=True), or zeros), got {got}.")
+    return patch
+
+
+# ----- exact scores: one edge at a time ----------------------------------------------------------------------
+class CleanRun:
+    """What the single-edge runs start from: clean tokens, mask, the residual stream before each block and after
+    the last (`[n_layers + 1, batch, pos, d_model]`), the clean sender outputs and the clean metric."""
+
+    def __init__(self, model: HookedTransformer, graph: Graph, tokens: Tensor, mask: Tensor | None, metric: Metric,
+                 hooks: HookList) -> None:
+        self.tokens, self.mask = tokens, mask
+        names = [f"blocks.{l}.hook_resid_pre" for l in range(graph.n_layers)] + \
+                [f"blocks.{graph.n_layers - 1}.hook_resid_post"]
+        stream: dict[str, Tensor] = {}
+
+        def keep(x: Tensor, hook: HookPoint) -> None:
+            stream[hook.name] = x.detach().clone()
+
+        with torch.no_grad(), model.hooks([*hooks, *[(n, keep) for n in names]]):
+            logits = model(tokens, attention_mask=mask)
+        self.resid = torch.stack([stream[n] for n in names])
+        self.metric = float(scalar_metric(metric, logits))
+        self.outputs = sender_outputs(model, graph, tokens, mask, hooks)
+
+
+def exact_edge_scores(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens | None, metric: Metric,
+                      *, graph: Graph | None = None, patch: SenderOutputs | None = None,
+                      attention_mask: Tensor | None = None, hooks: HookList = (), edges_per_run: int = 64,
+                      progress: bool = True) -> Circuit:
+    """Exact single-edge patching of every edge: score_e = m(every edge but e) − m(clean) (float64), with e's
+    sender replaced by its output on `corrupted_tokens` (or by `patch`, e.g. a mean). One partial forward per
+    `edges_per_run` edges (× batch rows), starting at the receiver's block. `hooks` join every forward."""
+    graph = Graph.from_model(model) if graph is None else graph
+    check_graph(model, graph)
+    clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
+    base = CleanRun(model, graph, clean, mask, metric, hooks)
+    check_metric_ignores_padding(metric, model(clean, attention_mask=mask).detach(), mask)
+    delta = base.outputs - patch  # out_s - patch_s, [senders, batch, pos, d_model]
+    scores = torch.zeros(graph.n_edges, dtype=torch.float64)
+    layer_of = graph.receiver_layer()[graph.edge_receiver]
+    bar = tqdm(total=graph.n_edges, desc="exact edge patching", unit="edge", disable=not progress)
+    for layer in range(graph.n_layers + 1):
+        edges = (layer_of == layer).nonzero()[:, 0]
+        for start in range(0, len(edges), edges_per_run):
+            chunk = edges[start:start + edges_per_run]
+            metrics = single_edge_metrics(model, graph, base, delta, chunk, layer, metric, hooks)
+            scores[chunk] = metrics - base.metric
+            bar.update(len(chunk))
+    bar.close()
+    return Circuit.full(graph, scores, method="exact")
+
+
+def patch_inputs(model: HookedTransformer, graph: Graph, clean_tokens: Tokens, corrupted_tokens: Tokens | None,
+                 patch: Tensor | None, attention_mask: Tensor | None, hooks: HookList) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(clean tokens, mask, patch [senders, batch|1, pos|1, d_model]) from the corrupted tokens or a given patch."""
+    if (corrupted_tokens is None) == (patch is None):
+        raise ValueError("Give exactly one of corrupted_tokens (patch each sender with its corrupted output) and "
+                         "patch= (e.g. a mean over a reference set, or zeros).")
+    if corrupted_tokens is not None:
+        clean, corrupted, mask = checked_inputs(model, clean_tokens, corrupted_tokens, attention_mask)
+        return clean, mask, sender_outputs(model, graph, corrupted, mask, hooks)
+    clean, mask = model.tokens_and_mask(clean_tokens, attention_mask)
+    return clean, mask, checked_patch(graph, patch, clean)
+
+
+def single_edge_inputs(graph: Graph, base: CleanRun, delta: Tensor, chunk: Int[Tensor, "k"], layer: int,
+                       scale: Tensor | None = None) -> tuple[Tensor, dict[str, Callable]]:
+    """The starting residual stream `[k × batch, pos, d_model]` for edges `chunk` (all into `layer`) and the
+    receiver hooks that take e's sender out of e's receiver in e's rows (`scale` [k]: a fraction of it)."""
+    batch = base.tokens.shape[0]
+    k = len(chunk)
+    resid = base.resid[layer].repeat(k, 1, 1)
+    senders, receivers = graph.edge_sender[chunk], graph.edge_receiver[chunk]
+    shift = delta[senders]  # [k, batch, pos, d_model]
+    if scale is not None:
+        shift = shift * scale.to(shift.dtype)[:, None, None, None]
+    shift = shift.reshape(k * batch, *shift.shape[2:])
+    rows = torch.arange(k * batch)
+    slices = receiver_slices(graph, layer)
+    row_receiver = receivers.repeat_interleave(batch)
+    if "logits" in slices:
+        return resid - shift, {}
+    fns: dict[str, Callable] = {}
+    for kind, where in slices.items():
+        hit = (row_receiver >= where.start) & (row_receiver < where.stop)
+        if not hit.any():
+            continue
+        these_rows, heads = rows[hit], row_receiver[hit] - where.start
+
+        def fn(x: Tensor, hook: HookPoint, these_rows=these_rows, heads=heads, hit=hit, kind=kind) -> Tensor:
+            x = x.clone()
+            if kind == "mlp":
+                x[these_rows] = x[these_rows] - shift[hit]
+            else:
+                x[these_rows, :, heads] = x[these_rows, :, heads] - shift[hit]
+            return x
+        fns[receiver_point(graph, layer, kind)] = fn
+    return resid, fns
+
+
+def single_edge_metrics(model: HookedTransformer, graph: Graph, base: CleanRun, delta: Tensor, chunk: Tensor, layer: int,
+                        metric: Metric, hooks: HookList) -> Float[Tensor, "k"]:
+    """m(every edge but e) for each edge e of `chunk` (all into receivers of `layer`)."""
+    resid, fns = single_edge_inputs(graph, base, delta, chunk, layer)
+    batch, k = base.tokens.shape[0], len(chunk)
+    mask = None if base.mask is None else base.mask.repeat(k, 1)
+    with torch.no_grad(), model.hooks([*hooks, *fns.items()]):
+        logits = model(resid, start_at_layer=layer, attention_mask=mask)
+    return torch.tensor([float(scalar_metric(metric, logits[i * batch:(i + 1) * batch])) for i in range(k)],
+                        dtype=torch.float64)
+
+
+# ----- a linear model: frozen patterns, norm scales and MLP gains ------------------------------------------------
+def frozen_hooks(model: HookedTransformer, tokens: Tokens, attention_mask: Tensor | None = None) -> HookList:
+    """Hooks that freeze, at their values on `tokens`, every attention pattern, every norm scale and every MLP
+    neuron's gain (act(pre)/pre; a gated MLP's act(gate)), so that the model is affine in every receiver's
+    input and a linear metric's edge effects are exactly EAP's. The hooks accept any multiple of the batch
+    (circuit or edge rows), and the heads axis of split q/k/v inputs."""
+    tokens, mask = model.tokens_and_mask(tokens, attention_mask)
+    points = [name for name in model.hook_dict if name.endswith(("attn.hook_pattern", "hook_scale", "mlp.hook_pre",
+                                                                 "mlp.hook_post", "mlp.hook_pre_linear"))]
+    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=points)
+    gated = any(name.endswith("hook_pre_linear") for name in points)
+    saved: dict[str, Tensor] = {name: cache[name].detach() for name in points if not name.endswith("hook_pre_linear")}
+    current: dict[str, Tensor] = {}
+
+    def tiled(value: Tensor, like: Tensor) -> Tensor:
+        if like.ndim == value.ndim + 1:  # a split input's heads axis, before the last
+            value = value.unsqueeze(-2)
+        copies = like.shape[0] // value.shape[0]
+        return value.repeat(copies, *([1] * (value.ndim - 1))).expand_as(like)
+
+    def freeze(name: str) -> Callable:
+        return lambda x, hook: tiled(saved[name], x)
+
+    def remember(name: str) -> Callable:
+        def fn(x: Tensor, hook: HookPoint) -> None:
+            current[name] = x
+        return fn
+
+    def linear_post(layer: int) -> Callable:
+        prefix = f"blocks.{layer}.mlp."
+        if gated:  # act(gate) * linear: the gate's activation frozen
+            gate = model.blocks[layer].mlp.activation(saved[prefix + "hook_pre"])
+            return lambda x, hook: current[prefix + "hook_pre_linear"] * tiled(gate, x)
+        pre, post = saved[prefix + "hook_pre"], saved[prefix + "hook_post"]
+        gain = torch.where(pre == 0, torch.zeros_like(pre), post / torch.where(pre == 0, torch.ones_like(pre), pre))
+        return lambda x, hook: current[prefix + "hook_pre"] * tiled(gain, x)
+
+    hooks: list[tuple[str, Callable]] = []
+    for name in points:
+        if name.endswith(("attn.hook_pattern", "hook_scale")):
+            hooks.append((name, freeze(name)))
+    for layer in range(model.cfg.n_layers):
+        prefix = f"blocks.{layer}.mlp."
+        hooks.append((prefix + ("hook_pre_linear" if gated else "hook_pre"), remember(prefix + ("hook_pre_linear" if gated else "hook_pre"))))
+        hooks.append((prefix + "hook_post", linear_post(layer)))
+    return hooks

@@ -1,0 +1,317 @@
+"""The edge-level computational graph of a transformer, and circuits in it (subsets of its edges).
+
+Nodes, in forward order: `input` (the token and position embeddings: `blocks.0.hook_resid_pre`), every
+attention head `a{l}.h{h}` (its output `z_h W_O^h`, the `attn.hook_result` slice; the output bias b_O
+belongs to no node and is never patched), every MLP `m{l}` (`hook_mlp_out`), and `logits`. Every
+reader of the residual stream is a receiver channel: a head's query, key and value inputs
+`a{l}.h{h}<q>`, `<k>`, `<v>`, an MLP's input `m{l}`, and `logits` (the final residual stream). An edge
+runs from each node to each receiver that reads a residual stream it writes to, named as in EAP-IG and
+MIB (Hanna et al. 2024; Mueller et al. 2025): `a0.h1->a3.h2<q>`, `input->m0`, `m11->logits`.
+
+Grouped-query attention: keys and values are computed once per key/value head, so the graph has one
+`<k>` and one `<v>` channel per kv head, named `a{l}.kv{g}<k>` / `a{l}.kv{g}<v>` (kv head g serves query
+heads g·group .. g·group + group − 1). MIB's graphs of GQA models ungroup the keys instead (one per query
+head); the different name keeps one format's kv edge from being read as the other's.
+Which nodes feed which comes from the block structure: in a sequential block the MLP reads its layer's
+heads; in a parallel block (GPT-NeoX, GPT-J) attention and MLP both read resid_pre, so m{l} does not.
+
+Edge count, with L layers, H query heads, K kv heads (K = H without GQA), and s = 1 for sequential
+blocks, 0 for parallel ones: n_edges = Σ_l [(H + 2K)(1 + (H+1)l) + 1 + (H+1)l + sH] + 1 + L(H+1).
+GPT-2 small (L = H = K = 12, s = 1): 32,491 (as MIB counts it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from interp.files import write_atomic
+
+GRAPH_FORMAT = "EAP-IG/MIB graph JSON: {cfg, nodes: {name: {in_graph}}, edges: {name: {score, in_graph}}}"
+_EDGE = re.compile(r"^(input|a\d+\.h\d+|m\d+)->(a\d+\.h\d+<[qkv]>|a\d+\.kv\d+<[kv]>|m\d+|logits)$")
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The structure: which senders feed which receivers (see the module docstring). Built by `from_model`.
+
+    `senders` (forward order), `receivers` (per layer: H `<q>`, K `<k>`, K `<v>`, then the MLP; `logits` last)
+    and `edges` are names; `edge_sender[e]` / `edge_receiver[e]` index them. Edges are ordered by receiver."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    parallel: bool
+    d_model: int
+    senders: tuple[str, ...] = field(init=False)
+    receivers: tuple[str, ...] = field(init=False)
+    edges: tuple[str, ...] = field(init=False)
+    edge_sender: Int[Tensor, "n_edges"] = field(init=False, repr=False, compare=False)
+    edge_receiver: Int[Tensor, "n_edges"] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}.")
+        senders, receivers, pairs = ["input"], [], []
+        for layer in range(self.n_layers):
+            before = len(senders)  # nodes writing to this layer's resid_pre
+            for kind, count in (("q", self.n_heads), ("k", self.n_kv_heads), ("v", self.n_kv_heads)):
+                unit = "kv" if kind != "q" and self.n_kv_heads != self.n_heads else "h"
+                for head in range(count):
+                    pairs += [(s, len(receivers)) for s in range(before)]
+                    receivers.append(f"a{layer}.{unit}{head}<{kind}>")
+            senders += [f"a{layer}.h{h}" for h in range(self.n_heads)]
+            pairs += [(s, len(receivers)) for s in range(before if self.parallel else len(senders))]
+            receivers.append(f"m{layer}")
+            senders.append(f"m{layer}")
+        pairs += [(s, len(receivers)) for s in range(len(senders))]
+        receivers.append("logits")
+        set_ = object.__setattr__
+        set_(self, "senders", tuple(senders))
+        set_(self, "receivers", tuple(receivers))
+        set_(self, "edges", tuple(f"{senders[s]}->{receivers[r]}" for s, r in pairs))
+        set_(self, "edge_sender", torch.tensor([s for s, _ in pairs], dtype=torch.long))
+        set_(self, "edge_receiver", torch.tensor([r for _, r in pairs], dtype=torch.long))
+
+    @classmethod
+    def from_model(cls, model_or_config: Any) -> Graph:
+        """The graph of a `HookedTransformer` (or its `Config`)."""
+        cfg = getattr(model_or_config, "cfg", model_or_config)
+        return cls(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, bool(cfg.parallel_blocks), cfg.d_model)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def index(self, edge: str) -> int:
+        """The position of an edge name in `edges` (KeyError naming close names if there is none)."""
+        lookup = self._lookup()
+        if edge not in lookup:
+            raise KeyError(_unknown_edge(self, edge))
+        return lookup[edge]
+
+    def indices(self, edges: Sequence[str]) -> Int[Tensor, "k"]:
+        return torch.tensor([self.index(e) for e in edges], dtype=torch.long)
+
+    def _lookup(self) -> dict[str, int]:
+        cached = self.__dict__.get("_lookup_table")
+        if cached is None:
+            cached = {name: i for i, name in enumerate(self.edges)}
+            object.__setattr__(self, "_lookup_table", cached)
+        return cached
+
+    def sender_layer(self) -> Int[Tensor, "n_senders"]:
+        """The block each sender is in (-1 for `input`)."""
+        return torch.tensor([-1] + [int(name[1:].split(".")[0]) for name in self.senders[1:]])
+
+    def receiver_layer(self) -> Int[Tensor, "n_receivers"]:
+        """The block each receiver reads in (n_layers for `logits`)."""
+        return torch.tensor([int(name[1:].split(".")[0].split("<")[0]) for name in self.receivers[:-1]] + [self.n_layers])
+
+    def receiver_nodes(self) -> Bool[Tensor, "n_receivers n_nodes"]:
+        """Which nodes (senders, then `logits` last) each receiver channel feeds: its own head or MLP; a GQA key
+        or value channel feeds every query head of its group."""
+        position = {name: i for i, name in enumerate(self.senders)}
+        feeds = torch.zeros(len(self.receivers), len(self.senders) + 1, dtype=torch.bool)
+        for r, name in enumerate(self.receivers[:-1]):
+            node = name.split("<")[0]
+            if ".kv" in node:
+                layer, group = node[1:].split(".kv")
+                for h in range(int(group) * self.group, (int(group) + 1) * self.group):
+                    feeds[r, position[f"a{layer}.h{h}"]] = True
+            else:
+                feeds[r, position[node]] = True
+        feeds[-1, -1] = True
+        return feeds
+
+    def cfg(self) -> dict[str, Any]:
+        """The `cfg` entry of the EAP-IG/MIB JSON (their keys, plus n_key_value_heads)."""
+        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_key_value_heads": self.n_kv_heads,
+                "parallel_attn_mlp": self.parallel, "d_model": self.d_model}
+
+
+def _unknown_edge(graph: Graph, edge: str) -> str:
+    if not _EDGE.match(edge):
+        return (f"{edge!r} is not an edge name; edges are 'SENDER->RECEIVER' with senders input, a{{l}}.h{{h}}, "
+                f"m{{l}} and receivers a{{l}}.h{{h}}<q|k|v>, m{{l}}, logits (e.g. 'a0.h1->a1.h2<k>').")
+    close = difflib.get_close_matches(edge, graph.edges, n=3)
+    return (f"{edge!r} is not an edge of this graph ({graph.n_layers} layers, {graph.n_heads} heads, "
+            f"{graph.n_kv_heads} kv heads, {'parallel' if graph.parallel else 'sequential'} blocks; an edge runs "
+            f"forward only, and <k>/<v> are per kv head). Close: {close}.")
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """Edge scores and a subset of edges of a `Graph`.
+
+    `scores` `[n_edges]` (None: unscored), float; `in_graph` `[n_edges]` bool. Attribution methods return
+    one with every edge in; `top_k`, `threshold` and the searches in `interp.analysis.circuit_search`
+    return smaller ones. A node is in the circuit when an edge of it is."""
+
+    graph: Graph
+    scores: Float[Tensor, "n_edges"] | None
+    in_graph: Bool[Tensor, "n_edges"]
+    method: str = ""
+
+    def __post_init__(self) -> None:
+        n = self.graph.n_edges
+        if self.scores is not None and tuple(self.scores.shape) != (n,):
+            raise ValueError(f"scores must have shape [n_edges] = [{n}], got {tuple(self.scores.shape)}.")
+        if tuple(self.in_graph.shape) != (n,) or self.in_graph.dtype != torch.bool:
+            raise ValueError(f"in_graph must be a bool tensor of shape [{n}], got {self.in_graph.dtype} "
+                             f"{tuple(self.in_graph.shape)}.")
+
+    @classmethod
+    def full(cls, graph: Graph, scores: Tensor | None = None, method: str = "") -> Circuit:
+        return cls(graph, scores, torch.ones(graph.n_edges, dtype=torch.bool), method)
+
+    @classmethod
+    def from_edges(cls, graph: Graph, edges: Sequence[str], scores: Tensor | None = None) -> Circuit:
+        """The circuit of the named edges."""
+        in_graph = torch.zeros(graph.n_edges, dtype=torch.bool)
+        in_graph[graph.indices(edges)] = True
+        return cls(graph, scores, in_graph)
+
+    @property
+    def n_edges(self) -> int:
+        """How many edges are in the circuit."""
+        return int(self.in_graph.sum())
+
+    @property
+    def edges(self) -> list[str]:
+        """The circuit's edge names, by |score| (descending) when scored, else in graph order."""
+        chosen = self.in_graph.nonzero()[:, 0]
+        if self.scores is not None:
+            chosen = chosen[self.scores[chosen].abs().argsort(descending=True, stable=True)]
+        return [self.graph.edges[i] for i in chosen.tolist()]
+
+    def score(self, edge: str) -> float:
+        if self.scores is None:
+            raise ValueError("This circuit has no scores.")
+        return float(self.scores[self.graph.index(edge)])
+
+    def __contains__(self, edge: str) -> bool:
+        return bool(self.in_graph[self.graph.index(edge)])
+
+    def nodes(self) -> list[str]:
+        """Nodes with an edge in the circuit, in forward order (`logits` last if it has one)."""
+        graph = self.graph
+        used = graph.receiver_nodes()[graph.edge_receiver[self.in_graph]].any(0)
+        used[graph.edge_sender[self.in_graph]] = True
+        names = list(graph.senders) + ["logits"]
+        return [names[i] for i in used.nonzero()[:, 0].tolist()]
+
+    def with_edges(self, in_graph: Bool[Tensor, "n_edges"], method: str | None = None) -> Circuit:
+        return Circuit(self.graph, self.scores, in_graph, self.method if method is None else method)
+
+    # ----- circuits from scores ------------------------------------------------------------------------
+    def _ranked(self, absolute: bool) -> Tensor:
+        if self.scores is None:
+            raise ValueError("This circuit has no scores; score it first (eap, eap_ig or exact_edge_scores).")
+        if not torch.isfinite(self.scores).all():
+            raise ValueError("The edge scores have NaN or inf entries; check the metric and the inputs.")
+        key = self.scores.abs() if absolute else self.scores
+        return key.argsort(descending=True, stable=True)
+
+    def top_k(self, k: int, absolute: bool = True, prune: bool = True) -> Circuit:
+        """The k highest-scoring edges (by |score| when `absolute`), then (`prune`) only those on some path
+        from `input` to `logits` inside the chosen set, as MIB's apply_topn + prune do (so it may keep fewer)."""
+        if not 0 <= k <= self.graph.n_edges:
+            raise ValueError(f"k must be between 0 and the number of edges, {self.graph.n_edges}; got {k}.")
+        in_graph = torch.zeros(self.graph.n_edges, dtype=torch.bool)
+        in_graph[self._ranked(absolute)[:k]] = True
+        chosen = self.with_edges(in_graph, method=f"{self.method} top-{k}".strip())
+        return chosen.pruned() if prune else chosen
+
+    def top_fraction(self, fraction: float, absolute: bool = True, prune: bool = True) -> Circuit:
+        """`top_k(int(fraction * n_edges))` (MIB's edge count at a fraction)."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1] (0.05 is 5 % of edges), got {fraction}.")
+        return self.top_k(int(fraction * self.graph.n_edges), absolute, prune)
+
+    def threshold(self, value: float, absolute: bool = True, prune: bool = True) -> Circuit:
+        """The edges whose (|score|) is at least `value`, pruned to input->logits paths."""
+        key = self.scores.abs() if absolute else self.scores
+        if key is None:
+            raise ValueError("This circuit has no scores.")
+        chosen = self.with_edges(key >= value)
+        return chosen.pruned() if prune else chosen
+
+    def pruned(self) -> Circuit:
+        """Only the edges that lie on a path input -> ... -> logits made of circuit edges."""
+        graph, keep = self.graph, self.in_graph.clone()
+        feeds = graph.receiver_nodes()[graph.edge_receiver].float()  # [n_edges, n_nodes]: the nodes an edge reaches
+        n_senders = len(graph.senders)
+        while True:
+            reached = torch.zeros(n_senders + 1, dtype=torch.bool)  # forward from input along kept edges
+            reached[0] = True
+            for s in range(n_senders):  # forward order: a node's inputs come from earlier nodes
+                if reached[s]:
+                    reached |= (feeds[keep & (graph.edge_sender == s)].sum(0) > 0)
+            useful = torch.zeros(n_senders + 1, dtype=torch.bool)  # backward from logits
+            useful[-1] = True
+            for s in reversed(range(n_senders)):
+                out = keep & (graph.edge_sender == s)
+                useful[s] = bool((feeds[out] @ useful.float() > 0).any())
+            new = keep & reached[graph.edge_sender] & ((feeds @ useful.float()) > 0)
+            if torch.equal(new, keep):
+                return self.with_edges(keep)
+            keep = new
+
+    # ----- exchange ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The EAP-IG/MIB JSON object: cfg, nodes (in_graph), edges (score, in_graph)."""
+        nodes = set(self.nodes())
+        scores = [0.0] * self.graph.n_edges if self.scores is None else self.scores.double().tolist()
+        in_graph = self.in_graph.tolist()
+        return {"cfg": self.graph.cfg(),
+                "nodes": {name: {"in_graph": name in nodes} for name in (*self.graph.senders, "logits")},
+                "edges": {name: {"score": score, "in_graph": keep}
+                          for name, score, keep in zip(self.graph.edges, scores, in_graph)},
+                **({"method": self.method} if self.method else {})}
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write `to_dict()` atomically (temp file, then rename)."""
+        path = Path(path)
+        write_atomic(path, json.dumps(self.to_dict()).encode())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Circuit:
+        for key in ("cfg", "edges"):
+            if key not in data:
+                raise ValueError(f"Not a circuit graph: no {key!r} key ({GRAPH_FORMAT}).")
+        cfg = data["cfg"]
+        missing = [k for k in ("n_layers", "n_heads", "d_model") if k not in cfg]
+        if missing:
+            raise ValueError(f"The graph's cfg lacks {missing} ({GRAPH_FORMAT}).")
+        graph = Graph(int(cfg["n_layers"]), int(cfg["n_heads"]),
+                      int(cfg.get("n_key_value_heads") or cfg["n_heads"]), bool(cfg.get("parallel_attn_mlp", False)),
+                      int(cfg["d_model"]))
+        scores = torch.zeros(graph.n_edges, dtype=torch.float64)
+        in_graph = torch.zeros(graph.n_edges, dtype=torch.bool)
+        for name, entry in data["edges"].items():
+            i = graph.index(name)
+            scores[i] = float(entry.get("score", 0.0))
+            in_graph[i] = bool(entry.get("in_graph", False))
+        return cls(graph, scores, in_graph, str(data.get("method", "")))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Circuit:
+        """Read a graph JSON written by `to_json` or by EAP-IG/MIB (`Graph.to_json`)."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
