@@ -1,4 +1,4 @@
-"""The `interp` command line: `interp --version`, `interp info MODEL`, `interp heads ...`."""
+"""The `interp` command line: `interp --version`, `interp info MODEL`, `interp heads ...`, `interp circuit ...`."""
 
 from __future__ import annotations
 
@@ -91,6 +91,54 @@ def add_heads_command(commands: Any) -> None:
     parser.set_defaults(run=heads)
 
 
+def circuit(args: argparse.Namespace) -> int:
+    from interp import batch, circuit_report
+
+    methods = [part for value in (args.method or circuit_report.DEFAULT_METHODS) for part in value.split(",")]
+    try:
+        report = circuit_report.run_circuit_report(
+            args.model, args.task, methods, args.out, steps=args.steps, n_pairs=args.n_pairs, n_train=args.n_train,
+            seed=args.seed, top_fraction=args.top_fraction, device=args.device, dtype=args.dtype, resume=args.resume,
+            overwrite=args.overwrite, progress=not args.no_progress)
+    except batch.Interrupted as interrupt:
+        print(f"interp circuit: interrupted: {interrupt.units_done} of {interrupt.units_total} methods are saved in "
+              f"{interrupt.folder}/units; run the same command with --resume to continue.", file=sys.stderr)
+        return 130
+    print(circuit_report.terminal_summary(report))
+    return 0
+
+
+def add_circuit_command(commands: Any) -> None:
+    parser = commands.add_parser(
+        "circuit", help="score every edge (EAP, EAP-IG, exact patching), find circuits, measure their faithfulness",
+        description="Edge-level circuit report: scores every edge of the model's graph on half of the task's "
+                    "clean/corrupted pairs, chooses a circuit per method and measures its faithfulness (and MIB's "
+                    "curve, CPR, CMD) on the other half. Writes graph_<method>.json (EAP-IG/MIB format), "
+                    "circuit_<method>.svg, circuit.html, faithfulness.png/.json and summary.md into OUT/MODEL/TASK.")
+    parser.add_argument("--model", default="interp-toy", help="bundled name (default interp-toy), hub id, directory "
+                        "or .safetensors file")
+    parser.add_argument("--task", type=Path, help="JSON Lines task file, one {\"clean\", \"corrupted\", \"answer\", "
+                        "\"wrong\"} object per line (both prompts the same number of tokens; answer and wrong one "
+                        "token each); default: the built-in induction task")
+    parser.add_argument("--method", action="append", help="eap, eap-ig, exact or greedy; repeat it or give a comma "
+                        "list (default eap,eap-ig,exact)")
+    parser.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps (default 5)")
+    parser.add_argument("--n-pairs", type=int, help="pairs of the built-in task (default 64), or the first N of --task")
+    parser.add_argument("--n-train", type=int, help="pairs scored (default half); the rest are held out")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the built-in task's random tokens (default 0)")
+    parser.add_argument("--top-fraction", type=float, help="the circuit: the top-|score| edges at this fraction of "
+                        "all edges (default: the smallest MIB fraction reaching faithfulness 0.8 on the scoring pairs)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before the model loads)")
+    parser.add_argument("--dtype", default="float32", help="float32 (fp32), bfloat16 (bf16) or float16 (fp16)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports/); the run "
+                        "writes to and locks OUT/MODEL/TASK")
+    parser.add_argument("--resume", action="store_true", help="keep the methods this same run already finished")
+    parser.add_argument("--overwrite", action="store_true", help="if OUT/MODEL/TASK holds a different run, delete its "
+                        "files and start this run there; without it such a run is refused")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=circuit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability for GPT-2, GPT-NeoX, Llama, Mistral and Qwen2 models.")
     parser.add_argument("--version", action="version", version=f"interp {interp.__version__}")
@@ -100,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
     info_parser.set_defaults(run=info)
     add_heads_command(commands)
+    add_circuit_command(commands)
     return parser
 
 
@@ -112,8 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        print(f"interp {args.command}: interrupted; rerun the command (with --resume for heads) to continue.",
-              file=sys.stderr)
+        print(f"interp {args.command}: interrupted; rerun the command (with --resume for heads and circuit) to "
+              "continue.", file=sys.stderr)
         return 130
     except (KeyError, ValueError, OSError, TypeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -124,6 +124,8 @@ def edge_ig(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: To
     check_graph(model, graph)
     clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
     base = CleanRun(model, graph, clean, mask, metric, hooks)
+    with torch.no_grad():
+        check_metric_ignores_padding(metric, model(clean, attention_mask=mask), mask)
     delta = base.outputs - patch
     scores = torch.zeros(graph.n_edges, dtype=torch.float64)
     layer_of = graph.receiver_layer()[graph.edge_receiver]
@@ -163,7 +165,8 @@ def _path_gradient_dot(model: HookedTransformer, graph: Graph, base: CleanRun, d
         logits = model(resid, start_at_layer=layer, attention_mask=mask)
         total = sum(scalar_metric(metric, logits[i * batch:(i + 1) * batch]) for i in range(k))
         names = list(captured)
-        grads = dict(zip(names, torch.autograd.grad(total, [captured[n] for n in names])))
+        found = torch.autograd.grad(total, [captured[n] for n in names], allow_unused=True)  # unused: frozen q/k
+        grads = {n: torch.zeros_like(captured[n]) if g is None else g for n, g in zip(names, found)}
     senders, receivers = graph.edge_sender[chunk], graph.edge_receiver[chunk]
     shift = delta[senders]  # [k, batch, pos, d_model]
     out = torch.zeros(k, dtype=torch.float64)

@@ -204,6 +204,8 @@ def evaluate_circuits(model: HookedTransformer, circuits: Sequence[Circuit] | Ci
         with torch.no_grad(), model.hooks([*hooks, *run.hooks()]):
             logits = model(tokens.repeat(rows, 1), attention_mask=None if mask is None else mask.repeat(rows, 1))
         batch = tokens.shape[0]
+        if start == 0:  # once per call: a metric reading padded positions would make every value meaningless
+            check_metric_ignores_padding(metric, logits[:batch], mask)
         values += [float(scalar_metric(metric, logits[i * batch:(i + 1) * batch])) for i in range(rows)]
     result = torch.tensor(values, dtype=torch.float64)
     return result[0] if single else result
@@ -254,7 +256,8 @@ def exact_edge_scores(model: HookedTransformer, clean_tokens: Tokens, corrupted_
     check_graph(model, graph)
     clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
     base = CleanRun(model, graph, clean, mask, metric, hooks)
-    check_metric_ignores_padding(metric, model(clean, attention_mask=mask).detach(), mask)
+    with torch.no_grad():
+        check_metric_ignores_padding(metric, model(clean, attention_mask=mask), mask)
     delta = base.outputs - patch  # out_s - patch_s, [senders, batch, pos, d_model]
     scores = torch.zeros(graph.n_edges, dtype=torch.float64)
     layer_of = graph.receiver_layer()[graph.edge_receiver]

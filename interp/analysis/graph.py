@@ -245,9 +245,9 @@ class Circuit:
 
     def threshold(self, value: float, absolute: bool = True, prune: bool = True) -> Circuit:
         """The edges whose (|score|) is at least `value`, pruned to input->logits paths."""
+        if self.scores is None:
+            raise ValueError("This circuit has no scores; score it first (eap, eap_ig or exact_edge_scores).")
         key = self.scores.abs() if absolute else self.scores
-        if key is None:
-            raise ValueError("This circuit has no scores.")
         chosen = self.with_edges(key >= value)
         return chosen.pruned() if prune else chosen
 
