@@ -16,7 +16,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
                                              ("bench_compare.py", "Comparison with transformers"),
                                              ("bench_families.py", "Other families"),
                                              ("bench_generate.py", "Generation"),
-                                             ("bench_tl.py", "interp.tl vs TransformerLens (same code)")])
+                                             ("bench_tl.py", "interp.tl vs TransformerLens (same code)"),
+                                             ("bench_edges.py", "Edge attribution and exact edge patching")])
 def test_benchmark_quick_mode_runs(script, heading):
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True,
                             timeout=300)

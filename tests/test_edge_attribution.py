@@ -366,3 +366,30 @@ def test_a_metric_reading_padded_positions_is_rejected(method):
     kwargs = {} if method is eap else {"steps": 1, "progress": False}
     with pytest.raises(ValueError, match="padded positions"):
         method(model, clean, corrupted, reads_padding, attention_mask=mask, **kwargs)
+
+
+# ----- per position ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["interp-toy", "llama_gqa", "neox_parallel"])
+def test_eap_by_position_sums_to_eap_and_matches_a_backward_hook_on_the_logits_edges(case):
+    from interp.analysis.edge_attribution import eap_by_position
+
+    model = model_of(case)
+    clean, corrupted = family_inputs(case) if not case.startswith("interp-toy") else \
+        (small_induction_task(model).clean, small_induction_task(model).corrupted)
+    graph = Graph.from_model(model)
+    table = eap_by_position(model, clean, corrupted, logit_difference)
+    assert table.shape == (graph.n_edges, clean.shape[1])
+    torch.testing.assert_close(table.sum(1), eap(model, clean, corrupted, logit_difference).scores, atol=1e-9, rtol=0)
+    # Edges into the logits, from the core's backward hook on the final residual stream and the senders' outputs.
+    grads = {}
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    with model.hooks(bwd_hooks=[(last, lambda g, hook: grads.__setitem__("g", g.detach()))]):
+        logit_difference(model(clean)).backward()
+    model.zero_grad(set_to_none=True)
+    shift = sender_outputs(model, graph, corrupted) - sender_outputs(model, graph, clean)
+    for s, sender in enumerate(graph.senders):
+        expected = (shift[s].double() * grads["g"].double()).sum((0, 2))  # [pos]
+        torch.testing.assert_close(table[graph.index(f"{sender}->logits")], expected, atol=1e-7, rtol=1e-6)
+    # Where both runs have the same first token (BOS), the embeddings agree there, so input's edges score 0 there.
+    if bool((clean[:, 0] == corrupted[:, 0]).all()):
+        assert table[graph.index("input->logits"), 0] == 0
