@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from interp import batch, files, loading
 from interp.analysis.circuit_search import FaithfulnessCurve, faithfulness, faithfulness_curve, greedy_circuit
-from interp.analysis.circuit_task import CircuitTask, induction_task
+from interp.analysis.circuit_task import CircuitTask, in_batches, induction_task
 from interp.analysis.edge_attribution import eap, eap_ig
 from interp.analysis.edge_patching import evaluate_circuits, exact_edge_scores, patch_inputs
 from interp.analysis.graph import Circuit, Graph
@@ -59,12 +59,24 @@ DESCRIPTION = {"eap": "EAP: gradient estimate of each edge's patching effect (Sy
                "eap-ig": "EAP-IG: the same with gradients integrated over input interpolations (Hanna et al. 2024)",
                "exact": "exact single-edge patching: one forward per edge",
                "greedy": "greedy exact search (ACDC, Conmy et al. 2023): score = metric change when removed"}
-Scorer = Callable[[HookedTransformer, CircuitTask, int, bool], Circuit]
-SCORERS: dict[str, Scorer] = {  # (model, scoring pairs, steps, progress) -> every edge scored
-    "eap": lambda model, task, steps, progress: eap(model, **task.inputs()),
-    "eap-ig": lambda model, task, steps, progress: eap_ig(model, **task.inputs(), steps=steps, progress=progress),
-    "exact": lambda model, task, steps, progress: exact_edge_scores(model, **task.inputs(), progress=progress),
-    "greedy": lambda model, task, steps, progress: greedy_circuit(model, **task.inputs(), progress=progress),
+Scorer = Callable[[HookedTransformer, CircuitTask, int, bool, "int | None"], Circuit]
+
+
+def _scored(score: Callable[..., Circuit], batch_size: int | None) -> Callable[..., Circuit]:
+    """`score(model, **task.inputs(), ...)` on all pairs at once, or averaged over batches of `batch_size` pairs."""
+    def run(model: HookedTransformer, task: CircuitTask, **kwargs: Any) -> Circuit:
+        if batch_size is None or batch_size >= len(task):
+            return score(model, **task.inputs(), **kwargs)
+        return in_batches(score, model, task, batch_size, **kwargs)
+    return run
+
+
+SCORERS: dict[str, Scorer] = {  # (model, scoring pairs, steps, progress, batch size) -> every edge scored
+    "eap": lambda model, task, steps, progress, size: _scored(eap, size)(model, task),
+    "eap-ig": lambda model, task, steps, progress, size: _scored(eap_ig, size)(model, task, steps=steps,
+                                                                               progress=progress),
+    "exact": lambda model, task, steps, progress, size: _scored(exact_edge_scores, size)(model, task, progress=progress),
+    "greedy": lambda model, task, steps, progress, size: greedy_circuit(model, **task.inputs(), progress=progress),
 }
 
 
@@ -175,10 +187,10 @@ def _metrics(model: HookedTransformer, scoring: CircuitTask, held_out: CircuitTa
 
 # ----- one method ----------------------------------------------------------------------------------
 def score_method(model: HookedTransformer, method: str, scoring: CircuitTask, held_out: CircuitTask, steps: int,
-                 top_fraction: float | None, progress: bool) -> MethodResult:
+                 top_fraction: float | None, progress: bool, batch_size: int | None = None) -> MethodResult:
     """Score every edge on the scoring pairs, choose the circuit (module docstring), measure on the held-out pairs."""
     start = time.perf_counter()
-    scored = SCORERS[method](model, scoring, steps, progress)
+    scored = SCORERS[method](model, scoring, steps, progress, batch_size)
     seconds = time.perf_counter() - start
     bad = (~torch.isfinite(scored.scores)).nonzero()[:, 0].tolist()
     if bad:
@@ -270,13 +282,17 @@ def run_circuit_report(model_name: str = batch.DEFAULT_MODEL, task: str | Path |
                        methods: Sequence[str] = DEFAULT_METHODS, out_dir: str | Path = "reports", *, steps: int = 5,
                        n_pairs: int | None = None, n_train: int | None = None, seed: int = 0,
                        top_fraction: float | None = None, device: str = "cpu", dtype: str = "float32",
-                       resume: bool = False, overwrite: bool = False, progress: bool = True) -> CircuitReport:
+                       batch_size: int | None = None, resume: bool = False, overwrite: bool = False,
+                       progress: bool = True) -> CircuitReport:
     """Score, choose and measure circuits by each method and write the report (see the module docstring).
 
     task: None or "induction" (built-in, `n_pairs` from `seed`) or a JSON Lines task file; n_train: pairs
-    scored (default half; the rest are held out). Raises `batch.Interrupted` on Ctrl-C (finished methods stay)."""
+    scored (default half; the rest are held out); batch_size: pairs per forward when scoring (default all; the
+    scores are the same up to rounding, greedy always takes all). Raises `batch.Interrupted` on Ctrl-C (finished methods stay)."""
     methods = checked_methods(methods)
     _check_options(task, steps, n_pairs, n_train, top_fraction, device, dtype)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}.")
     model = HookedTransformer.from_pretrained(model_name, device=device, dtype=dtype)
     pairs = load_task(model, task, n_pairs, seed)
     n_train = len(pairs) // 2 if n_train is None else n_train
@@ -291,7 +307,7 @@ def run_circuit_report(model_name: str = batch.DEFAULT_MODEL, task: str | Path |
                 "dtype": str(model.W_E.dtype).removeprefix("torch."), "device": str(model.W_E.device),
                 "task": pairs.name, "task_sha256": task_sha256(pairs), "seed": seed if builtin else None,
                 "n_pairs": len(pairs), "n_train": n_train, "methods": list(methods), "steps": steps,
-                "top_fraction": top_fraction, "interp": package_versions()["interp"]}
+                "top_fraction": top_fraction, "batch_size": batch_size, "interp": package_versions()["interp"]}
     identity = batch.run_id(manifest)
     folder = Path(out_dir) / batch.model_slug(model_name) / (re.sub(r"[^A-Za-z0-9._-]", "_", pairs.name) or "task")
     results: list[MethodResult] = []
@@ -303,7 +319,7 @@ def run_circuit_report(model_name: str = batch.DEFAULT_MODEL, task: str | Path |
                 if resume and path.exists():
                     results.append(read_unit(path, identity, graph))
                     continue
-                result = score_method(model, method, scoring, held_out, steps, top_fraction, progress)
+                result = score_method(model, method, scoring, held_out, steps, top_fraction, progress, batch_size)
                 files.write_atomic(path, json.dumps({"run_id": identity, **result.to_dict()}, allow_nan=False))
                 results.append(result)
         except KeyboardInterrupt as interrupt:

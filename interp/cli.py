@@ -98,7 +98,8 @@ def circuit(args: argparse.Namespace) -> int:
     try:
         report = circuit_report.run_circuit_report(
             args.model, args.task, methods, args.out, steps=args.steps, n_pairs=args.n_pairs, n_train=args.n_train,
-            seed=args.seed, top_fraction=args.top_fraction, device=args.device, dtype=args.dtype, resume=args.resume,
+            seed=args.seed, top_fraction=args.top_fraction, device=args.device, dtype=args.dtype,
+            batch_size=args.batch_size, resume=args.resume,
             overwrite=args.overwrite, progress=not args.no_progress)
     except batch.Interrupted as interrupt:
         print(f"interp circuit: interrupted: {interrupt.units_done} of {interrupt.units_total} methods are saved in "
@@ -128,6 +129,8 @@ def add_circuit_command(commands: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the built-in task's random tokens (default 0)")
     parser.add_argument("--top-fraction", type=float, help="the circuit: the top-|score| edges at this fraction of "
                         "all edges (default: the smallest MIB fraction reaching faithfulness 0.8 on the scoring pairs)")
+    parser.add_argument("--batch-size", type=int, help="pairs per forward when scoring (default: all at once; the "
+                        "scores are the same up to rounding, with one batch's memory)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before the model loads)")
     parser.add_argument("--dtype", default="float32", help="float32 (fp32), bfloat16 (bf16) or float16 (fp16)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports/); the run "

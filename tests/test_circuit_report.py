@@ -222,7 +222,7 @@ def test_options_are_checked_before_the_model_loads(tmp_path, monkeypatch):
 
 
 def test_non_finite_scores_are_an_error_not_a_report(tmp_path, monkeypatch):
-    def nan_scores(model, task, steps, progress):
+    def nan_scores(model, task, steps, progress, batch_size):
         graph = Graph.from_model(model)
         return Circuit.full(graph, torch.full((graph.n_edges,), float("nan"), dtype=torch.float64), "eap")
     monkeypatch.setitem(circuit_report.SCORERS, "eap", nan_scores)
@@ -243,3 +243,17 @@ def test_without_matplotlib_the_page_shows_the_curves_as_a_table(tmp_path, monke
     assert "faithfulness.png" not in files.verify_file_set(folder, circuit_report.COMPLETE_NAME, "rerun")["files"]
     page = (folder / "circuit.html").read_text()
     assert "<img" not in page and "faithfulness \\ edges" in page
+
+
+def test_batch_size_gives_the_same_scores(tmp_path):
+    """--batch-size scores the pairs in batches: the same numbers (to rounding) as all at once, another run id."""
+    code, _, stderr = cli(*ARGS, "--out", str(tmp_path / "one"), "--method", "exact")
+    assert code == 0, stderr
+    code, _, stderr = cli(*ARGS, "--out", str(tmp_path / "batched"), "--method", "exact", "--batch-size", "3")
+    assert code == 0, stderr
+    whole, batched = (Circuit.from_json(tmp_path / run / "interp-toy" / "induction" / "graph_exact.json")
+                      for run in ("one", "batched"))
+    assert float(whole.scores.abs().max()) > 1
+    torch.testing.assert_close(batched.scores, whole.scores, atol=1e-4, rtol=0)
+    code, _, stderr = cli(*ARGS, "--out", str(tmp_path / "bad"), "--batch-size", "0")
+    assert code == 2 and "--batch-size" in stderr

@@ -265,3 +265,26 @@ def test_task_shapes_are_checked():
         CircuitTask("t", ids, ids[:, :4], None, one, one, one)
     with pytest.raises(ValueError, match="answer must have one entry per pair"):
         CircuitTask("t", ids, ids, None, one[:1], one, one)
+
+
+@pytest.mark.parametrize("method", ["eap", "exact"])
+def test_scores_in_batches_equal_the_whole_task_at_once(method):
+    """Pair-batched scores (weights len(batch)/len(task)) against one call on all pairs, with uneven batches and
+    right padding (pairs of two lengths)."""
+    from interp.analysis.circuit_task import in_batches
+    from interp.analysis.edge_attribution import eap
+    from interp.analysis.edge_patching import exact_edge_scores
+
+    model = HookedTransformer.from_pretrained("interp-toy")
+    short, long = induction_task(model, 3, n_random=5, n_repeat=3, seed=4), induction_task(model, 4, seed=5)
+    width = long.clean.shape[1]
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+    mask = torch.cat([torch.arange(width)[None].expand(3, -1) < short.clean.shape[1], torch.ones(4, width, dtype=torch.bool)])
+    task = CircuitTask("mixed", torch.cat([pad(short.clean), long.clean]), torch.cat([pad(short.corrupted), long.corrupted]),
+                       mask, torch.cat([short.answer, long.answer]), torch.cat([short.wrong, long.wrong]),
+                       torch.cat([short.position, long.position]))
+    score = {"eap": eap, "exact": lambda *a, **k: exact_edge_scores(*a, **k, progress=False)}[method]
+    whole = score(model, **task.inputs()).scores
+    batched = in_batches(score, model, task, batch_size=3).scores
+    torch.testing.assert_close(batched, whole, atol=2e-5 * float(whole.abs().max()), rtol=0)
+    assert float(whole.abs().max()) > 1  # the scores are not trivially zero

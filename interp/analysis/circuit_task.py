@@ -14,6 +14,7 @@ the token that followed the k-th in the first copy. The corrupted prompt has a d
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from interp.analysis.graph import Circuit
 from interp.model import HookedTransformer
 from interp.prompts import text_lines
 
@@ -160,3 +162,22 @@ def induction_task(model: HookedTransformer, n_pairs: int = 64, n_random: int = 
     device = model.W_E.device
     return CircuitTask("induction", clean.to(device), corrupted.to(device), None, first[:, n_repeat].to(device),
                        other[:, n_repeat].to(device), torch.full((n_pairs,), clean.shape[1] - 1, device=device))
+
+
+def in_batches(score: Callable[..., Circuit], model: HookedTransformer, task: CircuitTask, batch_size: int,
+               **kwargs: Any) -> Circuit:
+    """`score(model, **batch.inputs(), **kwargs)` over batches of `batch_size` pairs, averaged with weights
+    len(batch) / len(task). For `eap`, `eap_ig`, `edge_ig` and `exact_edge_scores` this equals scoring the whole
+    task at once (their scores are linear in the task's metric, a mean over pairs), with one batch's memory."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    total, first = None, None
+    for start in range(0, len(task), batch_size):
+        part = task.subset(slice(start, start + batch_size))
+        scored = score(model, **part.inputs(), **kwargs)
+        if scored.scores is None:
+            raise ValueError(f"{getattr(score, '__name__', score)} returned no scores; in_batches averages edge scores "
+                             "(eap, eap_ig, edge_ig, exact_edge_scores), not searches.")
+        weighted = scored.scores * (len(part) / len(task))
+        total, first = (weighted, scored) if total is None else (total + weighted, first)
+    return Circuit.full(first.graph, total, method=first.method)
