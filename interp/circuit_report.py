@@ -139,19 +139,24 @@ def _check_options(task: str | Path | None, steps: int, n_pairs: int | None, n_t
             raise ValueError(f"{option} must be >= {least}, got {value}.")
     if top_fraction is not None and not 0 < top_fraction <= 1:
         raise ValueError(f"--top-fraction must be in (0, 1] (0.05 is 5 % of edges), got {top_fraction}.")
-    if task not in (None, "induction") and not Path(task).is_file():
+    if not is_builtin(task) and not Path(task).is_file():
         raise FileNotFoundError(f"No task file {task}: give a JSON Lines file, one {{\"clean\", \"corrupted\", "
-                                "\"answer\", \"wrong\"}} object per line, or leave --task out for the built-in "
+                                "\"answer\", \"wrong\"} object per line, or leave --task out for the built-in "
                                 "induction task.")
     if dtype not in loading.DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not known; use one of {', '.join(loading.DTYPES)}.")
     batch.check_device(device)
 
 
+def is_builtin(task: str | Path | None) -> bool:
+    """Whether `task` names the built-in induction task (None, or "induction" given as a string or path)."""
+    return task is None or str(task) == "induction"
+
+
 def load_task(model: HookedTransformer, task: str | Path | None, n_pairs: int | None, seed: int) -> CircuitTask:
     """The built-in induction task (None or "induction"; `n_pairs`, default DEFAULT_PAIRS, from `seed`) or a
     task file (its first `n_pairs` pairs when given)."""
-    if task in (None, "induction"):
+    if is_builtin(task):
         return induction_task(model, n_pairs or DEFAULT_PAIRS, seed=seed)
     try:
         full = CircuitTask.from_jsonl(model, task)
@@ -247,7 +252,8 @@ def _other_run(folder: Path, manifest: dict[str, Any], identity: str) -> str | N
         if not isinstance(old, dict):
             return f"The manifest file {path} is damaged (not a JSON object); {REPLACE_FIX}."
         if batch.run_id(old) != identity:
-            changed = sorted(k for k in set(old) | set(manifest) if k != "run_id" and old.get(k) != manifest.get(k))
+            new = json.loads(json.dumps(manifest))  # as it reads back (tuples become lists)
+            changed = sorted(k for k in set(old) | set(new) if k != "run_id" and old.get(k) != new.get(k))
             return f"{folder} holds a different run (differs in {changed}; see {path}); {REPLACE_FIX}."
         return None
     for unit in sorted((folder / "units").glob("*.json")):
@@ -302,7 +308,7 @@ def run_circuit_report(model_name: str = batch.DEFAULT_MODEL, task: str | Path |
     scoring, held_out = pairs.split(n_train)
     metrics = _metrics(model, scoring, held_out)
     graph = Graph.from_model(model)
-    builtin = task in (None, "induction")
+    builtin = is_builtin(task)
     manifest = {"model_id": model_name, "weights_sha256": weights_sha256(model), "config": model.cfg.to_dict(),
                 "dtype": str(model.W_E.dtype).removeprefix("torch."), "device": str(model.W_E.device),
                 "task": pairs.name, "task_sha256": task_sha256(pairs), "seed": seed if builtin else None,

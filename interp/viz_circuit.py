@@ -83,7 +83,7 @@ def circuit_svg(circuit: Circuit, max_edges: int = 60) -> str:
     """A self-contained SVG of `circuit` (layout and encoding in the module docstring).
 
     Each drawn node is a `<g class="node" data-node=NAME>`, each drawn line a `<path class="edge"
-    data-edge=NAME>` (a GQA kv edge gives one path per query head of its group)."""
+    data-edge=NAME>` (a GQA kv edge gives one path per drawn query head of its group)."""
     if max_edges < 1:
         raise ValueError(f"max_edges must be >= 1, got {max_edges}.")
     graph = circuit.graph
@@ -111,7 +111,8 @@ def circuit_svg(circuit: Circuit, max_edges: int = 60) -> str:
         stroke = 1.5 if value is None or largest == 0 else max(MIN_WIDTH, MAX_WIDTH * abs(value) / largest)
         tip = html.escape(f"{name}: score {format_number(value)}" if value is not None else name)
         x1, y1 = positions[sender][0], positions[sender][1] - NODE_H / 2
-        for target in feeds[int(graph.edge_receiver[edge])].nonzero()[:, 0].tolist():
+        # a GQA kv edge: to each head of its group that is drawn (`Circuit.nodes` decides which are in)
+        for target in [t for t in feeds[int(graph.edge_receiver[edge])].nonzero()[:, 0].tolist() if names[t] in positions]:
             x2, y2 = positions[names[target]][0] + PORT[channel], positions[names[target]][1] + NODE_H / 2
             dash = f' stroke-dasharray="{DASH[channel]}"' if DASH[channel] else ""
             lines.append(f'<path class="edge" data-edge="{html.escape(name)}" d="{_route(x1, y1, x2, y2, rows)}" '
@@ -215,12 +216,16 @@ def inline_svg(svg: str) -> str:
     return svg.replace(' xmlns="http://www.w3.org/2000/svg"', "", 1)
 
 
-def edge_table(circuit: Circuit) -> str:
-    """The circuit's edges and scores, by |score|, as an HTML table."""
+def edge_table(circuit: Circuit, max_rows: int = 500) -> str:
+    """The circuit's edges and scores, by |score|, as an HTML table (the first `max_rows`; the rest are in the
+    graph JSON)."""
+    edges = circuit.edges
     rows = "".join(f"<tr><td>{rank}</td><td>{html.escape(edge)}</td><td class=num>"
                    f"{format_number(circuit.score(edge)) if circuit.scores is not None else ''}</td></tr>"
-                   for rank, edge in enumerate(circuit.edges, 1))
-    return f"<table><tr><th>rank</th><th>edge</th><th>score</th></tr>{rows}</table>"
+                   for rank, edge in enumerate(edges[:max_rows], 1))
+    more = (f"<p>{len(edges) - max_rows:,} more edges, smaller |score|, are in the graph JSON.</p>"
+            if len(edges) > max_rows else "")
+    return f"<table><tr><th>rank</th><th>edge</th><th>score</th></tr>{rows}</table>{more}"
 
 
 def circuit_section(circuit: Circuit, title: str, max_edges: int = 60, extra_html: str = "") -> str:

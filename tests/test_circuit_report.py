@@ -108,7 +108,7 @@ def test_svg_draws_exactly_the_circuit(run, method):
     assert sorted(edges) == sorted(circuit.edges)  # no GQA here: one line per edge
 
 
-def test_svg_gqa_edges_reach_every_head_of_their_group_and_truncates():
+def test_svg_gqa_edges_reach_the_heads_of_their_group_in_the_circuit_and_truncates():
     graph = Graph.from_model(HookedTransformer.from_pretrained("interp-toy-llama"))
     assert graph.group == 2
     names = ["input->a0.kv0<k>", "a0.h1->a1.kv1<v>", "a0.h3->a1.h2<q>", "a1.h2->logits", "a1.h3->logits"]
@@ -116,11 +116,13 @@ def test_svg_gqa_edges_reach_every_head_of_their_group_and_truncates():
     scores[graph.indices(names)] = torch.tensor([1.0, -2.0, 0.5, 3.0, -0.1], dtype=torch.float64)
     circuit = Circuit.from_edges(graph, names, scores)
     nodes, edges = svg_counts(circuit_svg(circuit))
-    assert nodes == {"input", "a0.h0", "a0.h1", "a0.h3", "a1.h2", "a1.h3", "logits"}
-    assert edges.count("input->a0.kv0<k>") == 2 and edges.count("a0.h1->a1.kv1<v>") == 2  # heads 0,1 and 2,3
-    assert len(edges) == 2 + 2 + 3
+    # kv0 serves a0.h0 and a0.h1, of which only a0.h1 is in the circuit; kv1 serves a1.h2 and a1.h3, both in.
+    assert nodes == {"input", "a0.h1", "a0.h3", "a1.h2", "a1.h3", "logits"}
+    assert edges.count("input->a0.kv0<k>") == 1 and edges.count("a0.h1->a1.kv1<v>") == 2
+    assert len(edges) == 1 + 2 + 3
     nodes, edges = svg_counts(circuit_svg(circuit, max_edges=2))  # the two largest |score|: a1.h2->logits, kv1<v>
-    assert set(edges) == {"a1.h2->logits", "a0.h1->a1.kv1<v>"} and nodes == {"a0.h1", "a1.h2", "a1.h3", "logits"}
+    assert set(edges) == {"a1.h2->logits", "a0.h1->a1.kv1<v>"} and nodes == {"a0.h1", "a1.h2", "logits"}
+    assert len(edges) == 2  # a1.h3 is not drawn, so the kv1 edge goes to a1.h2 only
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["sequential", "parallel"])

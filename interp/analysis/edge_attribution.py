@@ -1,8 +1,9 @@
 """Edge attribution: gradient estimates of exact single-edge patching for every edge at once.
 
 - **EAP** (Syed et al. 2023, "Attribution Patching Outperforms Automated Circuit Discovery"):
-  score(s -> r) = (patch_s − out_s) · ∂m/∂input_r, the gradient on the clean run. Cost: a forward for the
-  replacement outputs, one forward-and-backward. Exact when the model is affine in input_r along the patch
+  score(s -> r) = (patch_s − out_s) · ∂m/∂input_r, the gradient on the clean run. Cost: two forwards for the
+  senders' outputs (corrupted and clean), one forward-and-backward (and one forward to check the metric
+  against padding, when there is padding). Exact when the model is affine in input_r along the patch
   (test it with `frozen_hooks`, which freeze patterns, norm scales and MLP gains).
 - **EAP-IG** (Hanna et al. 2024, "Have Faith in Faithfulness"; MIB's EAP-IG-inputs): the gradient averaged
   over `steps` runs whose input embeddings are interpolated from the patch's (corrupted) to the clean ones,
@@ -27,10 +28,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.analysis.edge_patching import (CleanRun, SenderOutputs, check_graph, patch_inputs, receiver_point,
-                                           receiver_slices, senders_before, sender_outputs, single_edge_inputs)
+from interp.analysis.edge_patching import (CleanRun, SenderOutputs, check_graph, check_padding_once, patch_inputs,
+                                           receiver_point, receiver_slices, senders_before, sender_outputs,
+                                           single_edge_inputs)
 from interp.analysis.graph import Circuit, Graph
-from interp.analysis.patching import HookList, Metric, Tokens, check_metric_ignores_padding, scalar_metric
+from interp.analysis.patching import HookList, Metric, Tokens, scalar_metric
 from interp.hooks import HookPoint
 from interp.model import HookedTransformer
 
@@ -70,7 +72,7 @@ def scores_from_gradients(graph: Graph, grads: dict[tuple[int, str], Tensor], sh
         n = senders_before(graph, layer, kind)
         per_head = grad if kind in ("q", "k", "v") else grad.unsqueeze(2)
         pattern = "bphd,sbpd->hsp" if by_position else "bphd,sbpd->hs"
-        dense[receivers, :n] = torch.einsum(pattern, per_head.double(), shift[:n].double())
+        dense[receivers, :n] = torch.einsum(pattern, per_head.double(), shift[:n].double()).cpu()
     return dense[graph.edge_receiver, graph.edge_sender]
 
 
@@ -80,8 +82,7 @@ def _prepared(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: 
     graph = Graph.from_model(model) if graph is None else graph
     check_graph(model, graph)
     clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
-    with torch.no_grad():
-        check_metric_ignores_padding(metric, model(clean, attention_mask=mask), mask)
+    check_padding_once(model, metric, clean, mask)
     clean_outputs = sender_outputs(model, graph, clean, mask, hooks)
     return graph, clean, mask, patch, clean_outputs
 
@@ -138,9 +139,10 @@ def edge_ig(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: To
     graph = Graph.from_model(model) if graph is None else graph
     check_graph(model, graph)
     clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
+    if not isinstance(edges_per_run, int) or edges_per_run < 1:
+        raise ValueError(f"edges_per_run must be a positive integer, got {edges_per_run!r}.")
     base = CleanRun(model, graph, clean, mask, metric, hooks)
-    with torch.no_grad():
-        check_metric_ignores_padding(metric, model(clean, attention_mask=mask), mask)
+    check_padding_once(model, metric, clean, mask)
     delta = base.outputs - patch
     scores = torch.zeros(graph.n_edges, dtype=torch.float64)
     layer_of = graph.receiver_layer()[graph.edge_receiver]
@@ -195,5 +197,5 @@ def _path_gradient_dot(model: HookedTransformer, graph: Graph, base: CleanRun, d
         if kind in ("q", "k", "v"):
             heads = receivers[hit] - where.start
             grad = grad[torch.arange(len(hit)), :, :, heads]  # [hit, batch, pos, d_model]
-        out[hit] = -(grad.double() * shift[hit].double()).sum((1, 2, 3))
+        out[hit] = -(grad.double() * shift[hit].double()).sum((1, 2, 3)).cpu()
     return out

@@ -6,7 +6,7 @@ A circuit (a set of kept edges of a `Graph`) is evaluated by giving every receiv
 
 where resid_r is the residual stream the receiver reads in this (patched) run, out_s the sender's output in
 this run and patch_s its replacement: its output on the corrupted input (`sender_outputs(corrupted)`), its
-mean over a reference set (`.mean(1, keepdim=True)`), or zero (`torch.zeros_like`). Kept edges carry the
+mean over a reference set (`mean_outputs`), or zero (`torch.zeros_like`). Kept edges carry the
 sender's value in this run, which may itself differ from the clean run because of patches upstream (as in
 EAP-IG's and MIB's evaluation). All edges kept is the clean run; none kept gives every receiver its corrupted
 input, which is the corrupted run. One forward evaluates many circuits (a row block each), every receiver of
@@ -43,7 +43,7 @@ SenderOutputs = Float[Tensor, "n_senders batch pos d_model"]
 # ----- graph <-> hook points -------------------------------------------------------------------------------
 def check_graph(model: HookedTransformer, graph: Graph) -> None:
     """ValueError unless `graph` is this model's graph."""
-    if graph != Graph.from_model(model):
+    if graph != Graph.from_model(model):  # compares the five shape fields only (cheap)
         raise ValueError(f"This graph ({graph.n_layers} layers, {graph.n_heads} heads, {graph.n_kv_heads} kv heads, "
                          f"parallel={graph.parallel}) is not the model's; build it with Graph.from_model(model).")
 
@@ -147,7 +147,7 @@ class _CircuitRun:
         weights = self.removed[:, receivers, :n_senders]
         if not weights.any():
             return None
-        delta = self.delta[:n_senders].to(weights.device)
+        delta = self.delta[:n_senders]
         correction = torch.einsum("crs,scbpd->rcbpd", weights.to(delta.dtype), delta)
         return correction.reshape(correction.shape[0], self.circuits * self.batch, *correction.shape[3:])
 
@@ -180,7 +180,8 @@ def evaluate_circuits(model: HookedTransformer, circuits: Sequence[Circuit] | Ci
                       patch: SenderOutputs, metric: Metric, *, attention_mask: Tensor | None = None,
                       hooks: HookList = (), chunk_size: int = 8, progress: bool = False) -> Float[Tensor, "circuits"]:
     """The metric of each circuit on `clean_tokens`, every removed edge's sender replaced by `patch`
-    (`[n_senders, batch or 1, pos or 1, d_model]`, e.g. `sender_outputs(model, graph, corrupted)`), float64.
+    (`[n_senders, batch or 1, pos or 1, d_model]`: `sender_outputs(model, graph, corrupted)`, `mean_outputs`, zeros),
+    float64.
 
     `chunk_size` circuits share one forward (`chunk_size × batch` rows). `hooks` are added to every forward
     (e.g. `frozen_hooks`). The metric is called on each circuit's `[batch, pos, d_vocab]` logits."""
@@ -192,14 +193,16 @@ def evaluate_circuits(model: HookedTransformer, circuits: Sequence[Circuit] | Ci
     check_graph(model, graph)
     if any(c.graph != graph for c in circuits):
         raise ValueError("All circuits must belong to the same graph.")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size (circuits per forward) must be a positive integer, got {chunk_size!r}.")
     tokens, mask = model.tokens_and_mask(clean_tokens, attention_mask)
-    patch = checked_patch(graph, patch, tokens)
+    patch = checked_patch(model, graph, patch, tokens)
     values: list[float] = []
     chunks = range(0, len(circuits), chunk_size)
     for start in tqdm(chunks, desc="circuits", disable=not progress or len(chunks) < 2):
         chunk = circuits[start:start + chunk_size]
         keep = torch.stack([c.in_graph for c in chunk])
-        run = _CircuitRun(graph, removed_matrix(graph, keep), patch, len(chunk), tokens.shape[0])
+        run = _CircuitRun(graph, removed_matrix(graph, keep).to(patch.device), patch, len(chunk), tokens.shape[0])
         rows = len(chunk)
         with torch.no_grad(), model.hooks([*hooks, *run.hooks()]):
             logits = model(tokens.repeat(rows, 1), attention_mask=None if mask is None else mask.repeat(rows, 1))
@@ -211,8 +214,9 @@ def evaluate_circuits(model: HookedTransformer, circuits: Sequence[Circuit] | Ci
     return result[0] if single else result
 
 
-def checked_patch(graph: Graph, patch: Tensor, tokens: Tensor) -> Tensor:
-    """`patch` checked to be `[n_senders, batch or 1, pos or 1, d_model]` for these tokens."""
+def checked_patch(model: HookedTransformer, graph: Graph, patch: Tensor, tokens: Tensor) -> Tensor:
+    """`patch` checked to be `[n_senders, batch or 1, pos or 1, d_model]` for these tokens, on the model's device
+    and in its dtype."""
     shape = (len(graph.senders), *tokens.shape, graph.d_model)
     if not isinstance(patch, Tensor) or patch.ndim != 4 or patch.shape[0] != shape[0] or patch.shape[3] != shape[3] \
             or patch.shape[1] not in (1, shape[1]) or patch.shape[2] not in (1, shape[2]):
@@ -220,7 +224,9 @@ def checked_patch(graph: Graph, patch: Tensor, tokens: Tensor) -> Tensor:
         raise ValueError(f"patch must be the senders' replacement outputs [n_senders={shape[0]}, batch={shape[1]} or 1, "
                          f"pos={shape[2]} or 1, d_model={shape[3]}] (sender_outputs(model, graph, corrupted), or its "
                          f".mean(1, keepdim=True), or zeros), got {got}.")
-    return patch
+    if not patch.is_floating_point():
+        raise ValueError(f"patch must be a float tensor, got {patch.dtype}.")
+    return patch.to(device=model.W_E.device, dtype=model.W_E.dtype)
 
 
 # ----- exact scores: one edge at a time ----------------------------------------------------------------------
@@ -255,9 +261,10 @@ def exact_edge_scores(model: HookedTransformer, clean_tokens: Tokens, corrupted_
     graph = Graph.from_model(model) if graph is None else graph
     check_graph(model, graph)
     clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
+    if not isinstance(edges_per_run, int) or edges_per_run < 1:
+        raise ValueError(f"edges_per_run must be a positive integer, got {edges_per_run!r}.")
     base = CleanRun(model, graph, clean, mask, metric, hooks)
-    with torch.no_grad():
-        check_metric_ignores_padding(metric, model(clean, attention_mask=mask), mask)
+    check_padding_once(model, metric, clean, mask)
     delta = base.outputs - patch  # out_s - patch_s, [senders, batch, pos, d_model]
     scores = torch.zeros(graph.n_edges, dtype=torch.float64)
     layer_of = graph.receiver_layer()[graph.edge_receiver]
@@ -283,7 +290,29 @@ def patch_inputs(model: HookedTransformer, graph: Graph, clean_tokens: Tokens, c
         clean, corrupted, mask = checked_inputs(model, clean_tokens, corrupted_tokens, attention_mask)
         return clean, mask, sender_outputs(model, graph, corrupted, mask, hooks)
     clean, mask = model.tokens_and_mask(clean_tokens, attention_mask)
-    return clean, mask, checked_patch(graph, patch, clean)
+    return clean, mask, checked_patch(model, graph, patch, clean)
+
+
+@torch.no_grad()
+def check_padding_once(model: HookedTransformer, metric: Metric, tokens: Tensor, mask: Tensor | None) -> None:
+    """`check_metric_ignores_padding` on a clean forward (none is run when there is no padding)."""
+    if mask is not None:
+        check_metric_ignores_padding(metric, model(tokens, attention_mask=mask), mask)
+
+
+@torch.no_grad()
+def mean_outputs(model: HookedTransformer, graph: Graph, tokens: Tokens, attention_mask: Tensor | None = None,
+                 hooks: HookList = ()) -> Float[Tensor, "n_senders 1 pos d_model"]:
+    """Each sender's mean output over a reference set, per position, real tokens only (a position padded in
+    every row gets 0): a `patch` for mean ablation. Right padding keeps positions aligned across rows; with
+    left padding a position index means different tokens in different rows."""
+    tokens, mask = model.tokens_and_mask(tokens, attention_mask)
+    outputs = sender_outputs(model, graph, tokens, mask, hooks)
+    if mask is None:
+        return outputs.mean(1, keepdim=True)
+    weights = mask.to(outputs.dtype)[None, :, :, None]
+    count = weights.sum(1, keepdim=True)
+    return (outputs * weights).sum(1, keepdim=True) / count.clamp(min=1)
 
 
 def single_edge_inputs(graph: Graph, base: CleanRun, delta: Tensor, chunk: Int[Tensor, "k"], layer: int,
@@ -296,7 +325,7 @@ def single_edge_inputs(graph: Graph, base: CleanRun, delta: Tensor, chunk: Int[T
     senders, receivers = graph.edge_sender[chunk], graph.edge_receiver[chunk]
     shift = delta[senders]  # [k, batch, pos, d_model]
     if scale is not None:
-        shift = shift * scale.to(shift.dtype)[:, None, None, None]
+        shift = shift * scale.to(shift.device, shift.dtype)[:, None, None, None]
     shift = shift.reshape(k * batch, *shift.shape[2:])
     rows = torch.arange(k * batch)
     slices = receiver_slices(graph, layer)

@@ -53,9 +53,9 @@ class Graph:
     n_kv_heads: int
     parallel: bool
     d_model: int
-    senders: tuple[str, ...] = field(init=False)
-    receivers: tuple[str, ...] = field(init=False)
-    edges: tuple[str, ...] = field(init=False)
+    senders: tuple[str, ...] = field(init=False, repr=False, compare=False)  # derived from the five fields above
+    receivers: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    edges: tuple[str, ...] = field(init=False, repr=False, compare=False)
     edge_sender: Int[Tensor, "n_edges"] = field(init=False, repr=False, compare=False)
     edge_receiver: Int[Tensor, "n_edges"] = field(init=False, repr=False, compare=False)
 
@@ -85,9 +85,15 @@ class Graph:
 
     @classmethod
     def from_model(cls, model_or_config: Any) -> Graph:
-        """The graph of a `HookedTransformer` (or its `Config`)."""
+        """The graph of a `HookedTransformer` (or its `Config`). A grouped-query model whose attention was switched
+        to per-query-head keys and values (`blocks.set_ungrouped`, interp.tl's ungroup_grouped_query_attention)
+        gets one `<k>`/`<v>` channel per query head, `a{l}.h{h}<k>`: MIB's layout."""
         cfg = getattr(model_or_config, "cfg", model_or_config)
-        return cls(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, bool(cfg.parallel_blocks), cfg.d_model)
+        blocks = getattr(model_or_config, "blocks", None)
+        n_kv = cfg.n_kv_heads if blocks is None else blocks[0].attn.n_kv_inputs
+        if blocks is not None and any(block.attn.n_kv_inputs != n_kv for block in blocks):
+            raise ValueError("Some blocks have per-query-head keys (set_ungrouped) and some do not; switch all or none.")
+        return cls(cfg.n_layers, cfg.n_heads, n_kv, bool(cfg.parallel_blocks), cfg.d_model)
 
     @property
     def n_edges(self) -> int:
@@ -144,11 +150,29 @@ class Graph:
                 "parallel_attn_mlp": self.parallel, "d_model": self.d_model}
 
 
+def _stages(graph: Graph) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The receivers and edges of each stage (a layer's q/k/v channels; its MLP; the logits) as index ranges:
+    edges are ordered by receiver, and a stage's senders all come from earlier stages."""
+    cached = graph.__dict__.get("_stage_table")
+    if cached is None:
+        bounds = torch.searchsorted(graph.edge_receiver, torch.arange(len(graph.receivers) + 1)).tolist()
+        per_layer = graph.n_heads + 2 * graph.n_kv_heads + 1
+        cuts = [0]
+        for layer in range(graph.n_layers):
+            cuts += [layer * per_layer + per_layer - 1, (layer + 1) * per_layer]
+        cuts.append(len(graph.receivers))
+        cached = [((a, b), (bounds[a], bounds[b])) for a, b in zip(cuts, cuts[1:])]
+        object.__setattr__(graph, "_stage_table", cached)
+    return cached
+
+
 def _unknown_edge(graph: Graph, edge: str) -> str:
     if not _EDGE.match(edge):
         return (f"{edge!r} is not an edge name; edges are 'SENDER->RECEIVER' with senders input, a{{l}}.h{{h}}, "
                 f"m{{l}} and receivers a{{l}}.h{{h}}<q|k|v>, m{{l}}, logits (e.g. 'a0.h1->a1.h2<k>').")
-    close = difflib.get_close_matches(edge, graph.edges, n=3)
+    sender, _, receiver = edge.partition("->")
+    nearby = [e for e in graph.edges if e.startswith(sender + "->") or e.endswith("->" + receiver)][:5000]
+    close = difflib.get_close_matches(edge, nearby, n=3)
     return (f"{edge!r} is not an edge of this graph ({graph.n_layers} layers, {graph.n_heads} heads, "
             f"{graph.n_kv_heads} kv heads, {'parallel' if graph.parallel else 'sequential'} blocks; an edge runs "
             f"forward only, and <k>/<v> are per kv head). Close: {close}.")
@@ -208,10 +232,19 @@ class Circuit:
         return bool(self.in_graph[self.graph.index(edge)])
 
     def nodes(self) -> list[str]:
-        """Nodes with an edge in the circuit, in forward order (`logits` last if it has one)."""
+        """Nodes with an edge in the circuit, in forward order (`logits` last if it has one): every sender of a
+        circuit edge and every head or MLP a circuit edge feeds; a GQA key/value edge, which feeds every head
+        of its group, counts the group's heads already in the circuit (all of them if none is)."""
         graph = self.graph
-        used = graph.receiver_nodes()[graph.edge_receiver[self.in_graph]].any(0)
+        feeds = graph.receiver_nodes()
+        used = torch.zeros(len(graph.senders) + 1, dtype=torch.bool)
         used[graph.edge_sender[self.in_graph]] = True
+        receivers = graph.edge_receiver[self.in_graph].unique()
+        grouped = torch.tensor([".kv" in graph.receivers[r] for r in receivers.tolist()], dtype=torch.bool)
+        if len(receivers):
+            used |= feeds[receivers[~grouped]].any(0)
+            for r in receivers[grouped].tolist():
+                used |= feeds[r] if not (feeds[r] & used).any() else torch.zeros_like(used)
         names = list(graph.senders) + ["logits"]
         return [names[i] for i in used.nonzero()[:, 0].tolist()]
 
@@ -230,7 +263,7 @@ class Circuit:
     def top_k(self, k: int, absolute: bool = True, prune: bool = True) -> Circuit:
         """The k highest-scoring edges (by |score| when `absolute`), then (`prune`) only those on some path
         from `input` to `logits` inside the chosen set, as MIB's apply_topn + prune do (so it may keep fewer)."""
-        if not 0 <= k <= self.graph.n_edges:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.graph.n_edges:
             raise ValueError(f"k must be between 0 and the number of edges, {self.graph.n_edges}; got {k}.")
         in_graph = torch.zeros(self.graph.n_edges, dtype=torch.bool)
         in_graph[self._ranked(absolute)[:k]] = True
@@ -252,25 +285,28 @@ class Circuit:
         return chosen.pruned() if prune else chosen
 
     def pruned(self) -> Circuit:
-        """Only the edges that lie on a path input -> ... -> logits made of circuit edges."""
-        graph, keep = self.graph, self.in_graph.clone()
-        feeds = graph.receiver_nodes()[graph.edge_receiver].float()  # [n_edges, n_nodes]: the nodes an edge reaches
-        n_senders = len(graph.senders)
-        while True:
-            reached = torch.zeros(n_senders + 1, dtype=torch.bool)  # forward from input along kept edges
-            reached[0] = True
-            for s in range(n_senders):  # forward order: a node's inputs come from earlier nodes
-                if reached[s]:
-                    reached |= (feeds[keep & (graph.edge_sender == s)].sum(0) > 0)
-            useful = torch.zeros(n_senders + 1, dtype=torch.bool)  # backward from logits
-            useful[-1] = True
-            for s in reversed(range(n_senders)):
-                out = keep & (graph.edge_sender == s)
-                useful[s] = bool((feeds[out] @ useful.float() > 0).any())
-            new = keep & reached[graph.edge_sender] & ((feeds @ useful.float()) > 0)
-            if torch.equal(new, keep):
-                return self.with_edges(keep)
-            keep = new
+        """Only the edges that lie on a path input -> ... -> logits made of circuit edges: an edge whose sender is
+        reached from `input` and one of whose fed nodes reaches `logits`. One forward and one backward sweep over
+        the stages of the model (each layer's attention, then its MLP), vectorised over each stage's edges."""
+        graph, keep = self.graph, self.in_graph
+        feeds = graph.receiver_nodes()  # [n_receivers, n_nodes]
+        stages = _stages(graph)  # (receiver range, edge range) per stage, in forward order
+        reached = torch.zeros(len(graph.senders) + 1, dtype=torch.bool)
+        reached[0] = True
+        for (r0, r1), (e0, e1) in stages:  # a node is reached when a kept edge from a reached node feeds it
+            live = keep[e0:e1] & reached[graph.edge_sender[e0:e1]]
+            fed = torch.zeros(r1 - r0, dtype=torch.bool)
+            fed[graph.edge_receiver[e0:e1][live] - r0] = True
+            reached |= feeds[r0:r1][fed].any(0)
+        useful = torch.zeros(len(graph.senders) + 1, dtype=torch.bool)  # reaches logits along kept edges
+        useful[-1] = True
+        useful_receiver = torch.zeros(len(graph.receivers), dtype=torch.bool)
+        for (r0, r1), (e0, e1) in reversed(stages):  # later stages first: a node's readers are all later
+            useful_receiver[r0:r1] = (feeds[r0:r1] & useful & reached).any(1)
+            going = keep[e0:e1] & useful_receiver[graph.edge_receiver[e0:e1]]
+            useful[graph.edge_sender[e0:e1][going]] = True
+        on_path = keep & reached[graph.edge_sender] & useful_receiver[graph.edge_receiver]
+        return self.with_edges(on_path)
 
     # ----- exchange ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
