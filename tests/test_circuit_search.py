@@ -17,7 +17,7 @@ from interp.analysis.circuit_search import (MIB_FRACTIONS, FaithfulnessCurve, fa
                                             greedy_circuit)
 from interp.analysis.circuit_task import CircuitTask, induction_task
 from interp.analysis.edge_patching import evaluate_circuits, exact_edge_scores, sender_outputs
-from interp.analysis.graph import Circuit, Graph
+from interp.analysis.graph import Circuit
 from test_edge_graph import path_pruned
 
 
