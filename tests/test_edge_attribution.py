@@ -103,27 +103,20 @@ def test_frozen_model_eap_equals_exact_edge_patching(case):
     assert float((live.scores - exact.scores).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("case", ["llama_gqa", "neox_parallel", "gpt2"])
-def test_frozen_model_eap_ig_equals_exact(case):
+@pytest.mark.parametrize("case, estimate", [
     # Constant gradients in an affine model: every interpolation point gives EAP's gradient.
+    ("llama_gqa", "eap_ig"), ("neox_parallel", "eap_ig"), ("gpt2", "eap_ig"),
+    # With frozen patterns a query or key input has no effect at all (its gradient is zero, not absent): edge IG
+    # must give those edges 0 and every other edge its exact score, as EAP does.
+    ("llama_gqa", "edge_ig"), ("gpt2", "edge_ig")])
+def test_frozen_model_integrated_gradients_equal_exact(case, estimate):
     model = model_of(case)
     clean, corrupted = family_inputs(case)
     hooks = frozen_hooks(model, clean)
     exact = exact_edge_scores(model, clean, corrupted, logit_difference, hooks=hooks, progress=False)
-    integrated = eap_ig(model, clean, corrupted, logit_difference, steps=3, hooks=hooks, progress=False)
+    method, steps = {"eap_ig": (eap_ig, 3), "edge_ig": (edge_ig, 2)}[estimate]
+    integrated = method(model, clean, corrupted, logit_difference, steps=steps, hooks=hooks, progress=False)
     torch.testing.assert_close(integrated.scores, exact.scores, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("case", ["llama_gqa", "gpt2"])
-def test_frozen_model_edge_ig_equals_exact(case):
-    # With frozen patterns a query or key input has no effect at all (its gradient is zero, not absent):
-    # edge IG must give those edges 0 and every other edge its exact score, as EAP does.
-    model = model_of(case)
-    clean, corrupted = family_inputs(case)
-    hooks = frozen_hooks(model, clean)
-    exact = exact_edge_scores(model, clean, corrupted, logit_difference, hooks=hooks, progress=False)
-    along_edges = edge_ig(model, clean, corrupted, logit_difference, steps=2, hooks=hooks, progress=False)
-    torch.testing.assert_close(along_edges.scores, exact.scores, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["llama_gqa", "neox_parallel"])

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from interp.analysis.edge_patching import (CleanRun, SenderOutputs, check_graph, check_padding_once, patch_inputs,
                                            receiver_point, receiver_slices, senders_before, sender_outputs,
-                                           single_edge_inputs)
+                                           single_edge_inputs, single_edge_setup)
 from interp.analysis.graph import Circuit, Graph
 from interp.analysis.patching import HookList, Metric, Tokens, scalar_metric
 from interp.hooks import HookPoint
@@ -136,17 +136,11 @@ def edge_ig(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: To
     `exact_edge_scores` as steps grow. Cost: steps × (n_edges / edges_per_run) partial forwards and backwards."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
-    graph = Graph.from_model(model) if graph is None else graph
-    check_graph(model, graph)
-    clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
-    if not isinstance(edges_per_run, int) or edges_per_run < 1:
-        raise ValueError(f"edges_per_run must be a positive integer, got {edges_per_run!r}.")
-    base = CleanRun(model, graph, clean, mask, metric, hooks)
-    check_padding_once(model, metric, clean, mask)
-    delta = base.outputs - patch
+    graph, base, delta = single_edge_setup(model, graph, clean_tokens, corrupted_tokens, patch, metric, attention_mask,
+                                           hooks, edges_per_run)
     scores = torch.zeros(graph.n_edges, dtype=torch.float64)
     layer_of = graph.receiver_layer()[graph.edge_receiver]
-    batch = clean.shape[0]
+    batch = base.tokens.shape[0]
     bar = tqdm(total=graph.n_edges * steps, desc="edge IG", unit="edge", disable=not progress)
     for layer in range(graph.n_layers + 1):
         edges = (layer_of == layer).nonzero()[:, 0]

@@ -258,14 +258,8 @@ def exact_edge_scores(model: HookedTransformer, clean_tokens: Tokens, corrupted_
     """Exact single-edge patching of every edge: score_e = m(every edge but e) − m(clean) (float64), with e's
     sender replaced by its output on `corrupted_tokens` (or by `patch`, e.g. a mean). One partial forward per
     `edges_per_run` edges (× batch rows), starting at the receiver's block. `hooks` join every forward."""
-    graph = Graph.from_model(model) if graph is None else graph
-    check_graph(model, graph)
-    clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
-    if not isinstance(edges_per_run, int) or edges_per_run < 1:
-        raise ValueError(f"edges_per_run must be a positive integer, got {edges_per_run!r}.")
-    base = CleanRun(model, graph, clean, mask, metric, hooks)
-    check_padding_once(model, metric, clean, mask)
-    delta = base.outputs - patch  # out_s - patch_s, [senders, batch, pos, d_model]
+    graph, base, delta = single_edge_setup(model, graph, clean_tokens, corrupted_tokens, patch, metric, attention_mask,
+                                           hooks, edges_per_run)
     scores = torch.zeros(graph.n_edges, dtype=torch.float64)
     layer_of = graph.receiver_layer()[graph.edge_receiver]
     bar = tqdm(total=graph.n_edges, desc="exact edge patching", unit="edge", disable=not progress)
@@ -313,6 +307,21 @@ def mean_outputs(model: HookedTransformer, graph: Graph, tokens: Tokens, attenti
     weights = mask.to(outputs.dtype)[None, :, :, None]
     count = weights.sum(1, keepdim=True)
     return (outputs * weights).sum(1, keepdim=True) / count.clamp(min=1)
+
+
+def single_edge_setup(model: HookedTransformer, graph: Graph | None, clean_tokens: Tokens, corrupted_tokens: Tokens | None,
+                      patch: Tensor | None, metric: Metric, attention_mask: Tensor | None, hooks: HookList,
+                      edges_per_run: int) -> tuple[Graph, CleanRun, Tensor]:
+    """What one-edge-at-a-time runs start from: the graph, the clean run, and out_s − patch_s
+    `[senders, batch, pos, d_model]` (checked: graph, inputs, `edges_per_run`, the metric against padding)."""
+    graph = Graph.from_model(model) if graph is None else graph
+    check_graph(model, graph)
+    clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
+    if not isinstance(edges_per_run, int) or edges_per_run < 1:
+        raise ValueError(f"edges_per_run must be a positive integer, got {edges_per_run!r}.")
+    base = CleanRun(model, graph, clean, mask, metric, hooks)
+    check_padding_once(model, metric, clean, mask)
+    return graph, base, base.outputs - patch
 
 
 def single_edge_inputs(graph: Graph, base: CleanRun, delta: Tensor, chunk: Int[Tensor, "k"], layer: int,
