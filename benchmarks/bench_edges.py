@@ -3,11 +3,12 @@
     python benchmarks/bench_edges.py            # GPT-2 small shape, random weights, 1 x 32 tokens (~3 min)
     python benchmarks/bench_edges.py --quick    # tiny model, every edge measured (CI smoke test, seconds)
 
-Random clean and corrupted token ids; the metric is logit(11) − logit(22) at the last position. Rows:
-`eap` (two forwards and one backward), `eap_ig` with 5 steps, `exact_edge_scores` (one partial forward per 64
-edges, starting at the receiver's block from the cached clean residual stream), and the reference way to get
-the same numbers: `evaluate_circuits` with one edge removed per circuit (a full forward per edge, 64 circuits
-per forward, the same batching).
+Random clean and corrupted token ids; the metric is logit(11) − logit(22) at the last position, as a
+`LogitDifference` (it names the position it reads, so exact patching unembeds only that row). Rows: `eap` (two
+forwards and one backward), `eap_ig` with 5 steps, `exact_edge_scores` (one partial forward per 64 edges,
+starting at the receiver's block from the cached clean residual stream), and the reference way to get the same
+numbers: `evaluate_circuits` with one edge removed per circuit and the metric on full logits (a full forward per
+edge with every position unembedded, 64 circuits per forward, the same batching).
 
 Exact patching of all 32,491 edges takes 20 to 30 minutes on 2 threads (shared machine), so it is measured on a
 stratified sample: the loop of `exact_edge_scores` (its `CleanRun` and `single_edge_metrics`) runs on `--chunks`
@@ -38,6 +39,7 @@ import torch  # noqa: E402
 from bench_forward import HERE, machine, write_section  # noqa: E402
 
 from interp import HookedTransformer  # noqa: E402
+from interp.analysis.circuit_task import LogitDifference  # noqa: E402
 from interp.analysis.edge_attribution import eap, eap_ig  # noqa: E402
 from interp.analysis.edge_patching import (CleanRun, evaluate_circuits, exact_edge_scores, patch_inputs,  # noqa: E402
                                            single_edge_metrics)
@@ -47,10 +49,6 @@ from interp.testing import hf_config, random_hf_gpt2  # noqa: E402
 MARK = "bench_edges"
 EDGES_PER_RUN = 64
 ANSWER, WRONG = 11, 22
-
-
-def metric(logits: torch.Tensor) -> torch.Tensor:
-    return logits[:, -1, ANSWER].mean() - logits[:, -1, WRONG].mean()
 
 
 def load_average() -> str:
@@ -99,6 +97,9 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     clean = torch.randint(0, config.vocab_size, (1, n_pos), generator=generator)
     corrupted = torch.randint(0, config.vocab_size, (1, n_pos), generator=generator)
+    # A metric that names the position it reads, as CircuitTask.metric: exact patching unembeds only that row.
+    metric = LogitDifference(torch.tensor([ANSWER]), torch.tensor([WRONG]), torch.tensor([n_pos - 1]))
+    full_logits_metric = lambda logits: metric(logits)  # noqa: E731  (the same metric, on every position's logits)
     inputs = dict(clean_tokens=clean, corrupted_tokens=corrupted, metric=metric)
 
     eap(model, **inputs)  # warm-up
@@ -166,9 +167,9 @@ def main() -> None:
         keep = torch.ones(graph.n_edges, dtype=torch.bool)
         keep[edge] = False
         circuits.append(Circuit(graph, None, keep))
-    m_clean = float(evaluate_circuits(model, Circuit.full(graph), tokens, patch, metric))
+    m_clean = float(evaluate_circuits(model, Circuit.full(graph), tokens, patch, full_logits_metric))
     start = time.perf_counter()
-    reference = evaluate_circuits(model, circuits, tokens, patch, metric, chunk_size=EDGES_PER_RUN) - m_clean
+    reference = evaluate_circuits(model, circuits, tokens, patch, full_logits_metric, chunk_size=EDGES_PER_RUN) - m_clean
     reference_seconds = time.perf_counter() - start
     reference_total = reference_seconds / len(reference_edges) * graph.n_edges
     reference_difference = float((reference - exact[reference_edges]).abs().max())
@@ -180,8 +181,8 @@ def main() -> None:
     timings = [("interp `eap`", eap_seconds, f"median of {reps}"),
                ("interp `eap_ig` (5 steps)", ig_seconds, f"median of {reps}"),
                (f"interp `exact_edge_scores` ({EDGES_PER_RUN} edges per partial forward)", exact_total, sample_note),
-               (f"reference: `evaluate_circuits`, one edge removed, a full forward per edge ({EDGES_PER_RUN} per "
-                "forward)", reference_total, f"extrapolated from {len(reference_edges)} edges")]
+               (f"reference: `evaluate_circuits`, one edge removed, a full forward per edge, full logits "
+                f"({EDGES_PER_RUN} per forward)", reference_total, f"extrapolated from {len(reference_edges)} edges")]
     rows = [f"| {name} | {seconds:,.2f} | {n / seconds:,.0f} | {seconds / eap_seconds:,.1f} | {how} |"
             for name, seconds, how in timings]
     per_layer = [f"| {layer} | {edges:,} | {count:,} | {cost * 1000:,.1f}{'' if count else ' (interpolated)'} | "

@@ -186,7 +186,7 @@ def test_from_pairs_tokenises_pads_and_masks():
     expected = sum(float(logits[i, len(r) - 1, task.answer[i]] - logits[i, len(r) - 1, task.wrong[i]])
                    for i, r in enumerate(rows)) / 2
     assert float(task.metric(logits)) == pytest.approx(expected, abs=1e-6)
-    with pytest.raises(ValueError, match="2 pairs, the logits 3 rows"):
+    with pytest.raises(ValueError, match="for 2 pairs"):
         task.metric(torch.zeros(3, task.clean.shape[1], model.cfg.d_vocab))
     assert task.inputs()["attention_mask"] is task.attention_mask
     first, rest = task.split(1)
@@ -288,3 +288,29 @@ def test_scores_in_batches_equal_the_whole_task_at_once(method):
     batched = in_batches(score, model, task, batch_size=3).scores
     torch.testing.assert_close(batched, whole, atol=2e-5 * float(whole.abs().max()), rtol=0)
     assert float(whole.abs().max()) > 1  # the scores are not trivially zero
+
+
+def test_a_metric_naming_its_positions_gives_the_numbers_of_full_logits():
+    """`task.metric` names the positions it reads, so the edge functions unembed only those rows; the same metric
+    hidden behind a plain function gets full logits. Same scores, circuits' metrics and errors, padded or not."""
+    model = model_of("interp-toy")
+    task = CircuitTask.from_pairs(model, PAIRS, name="cats")  # right-padded
+    plain = lambda logits: task.metric(logits)  # noqa: E731  (no `positions`: the full-logits path)
+    assert task.attention_mask is not None
+    for kind in ("positions", "full"):
+        metric = task.metric if kind == "positions" else plain
+        scores = exact_edge_scores(model, task.clean, task.corrupted, metric, attention_mask=task.attention_mask,
+                                   progress=False).scores
+        if kind == "positions":
+            reference = scores
+        else:
+            torch.testing.assert_close(scores, reference, atol=1e-5, rtol=0)
+    graph = Circuit.full(exact_edge_scores(model, **task.inputs(), progress=False).graph, reference).top_k(20)
+    patch = sender_outputs(model, graph.graph, task.corrupted, task.attention_mask)
+    a, b = (float(evaluate_circuits(model, graph, task.clean, patch, metric, attention_mask=task.attention_mask))
+            for metric in (task.metric, plain))
+    assert a == pytest.approx(b, abs=1e-5)
+    wrong = CircuitTask(task.name, task.clean, task.corrupted, task.attention_mask, task.answer, task.wrong,
+                        torch.full_like(task.position, task.clean.shape[1] - 1))  # the short row's last slot is padding
+    with pytest.raises(ValueError, match="padding"):
+        exact_edge_scores(model, **wrong.inputs(), progress=False)

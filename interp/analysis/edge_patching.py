@@ -204,12 +204,11 @@ def evaluate_circuits(model: HookedTransformer, circuits: Sequence[Circuit] | Ci
         keep = torch.stack([c.in_graph for c in chunk])
         run = _CircuitRun(graph, removed_matrix(graph, keep).to(patch.device), patch, len(chunk), tokens.shape[0])
         rows = len(chunk)
-        with torch.no_grad(), model.hooks([*hooks, *run.hooks()]):
-            logits = model(tokens.repeat(rows, 1), attention_mask=None if mask is None else mask.repeat(rows, 1))
-        batch = tokens.shape[0]
         if start == 0:  # once per call: a metric reading padded positions would make every value meaningless
-            check_metric_ignores_padding(metric, logits[:batch], mask)
-        values += [float(scalar_metric(metric, logits[i * batch:(i + 1) * batch])) for i in range(rows)]
+            check_positions_are_real(metric, mask)
+        with torch.no_grad(), model.hooks([*hooks, *run.hooks()]):
+            values += block_metrics(model, metric, tokens.repeat(rows, 1), rows, padding=mask if start == 0 else None,
+                                    attention_mask=None if mask is None else mask.repeat(rows, 1))
     result = torch.tensor(values, dtype=torch.float64)
     return result[0] if single else result
 
@@ -245,9 +244,8 @@ class CleanRun:
             stream[hook.name] = x.detach().clone()
 
         with torch.no_grad(), model.hooks([*hooks, *[(n, keep) for n in names]]):
-            logits = model(tokens, attention_mask=mask)
+            (self.metric,) = block_metrics(model, metric, tokens, 1, attention_mask=mask)
         self.resid = torch.stack([stream[n] for n in names])
-        self.metric = float(scalar_metric(metric, logits))
         self.outputs = sender_outputs(model, graph, tokens, mask, hooks)
 
 
@@ -289,9 +287,55 @@ def patch_inputs(model: HookedTransformer, graph: Graph, clean_tokens: Tokens, c
 
 @torch.no_grad()
 def check_padding_once(model: HookedTransformer, metric: Metric, tokens: Tensor, mask: Tensor | None) -> None:
-    """`check_metric_ignores_padding` on a clean forward (none is run when there is no padding)."""
-    if mask is not None:
+    """`check_metric_ignores_padding` on a clean forward (none is run when there is no padding, or when the metric
+    names the positions it reads)."""
+    if mask is not None and not check_positions_are_real(metric, mask):
         check_metric_ignores_padding(metric, model(tokens, attention_mask=mask), mask)
+
+
+def reads_positions(metric: Metric) -> bool:
+    """Whether the metric says which positions it reads: a `positions` `[batch]` tensor and an
+    `at_positions(logits [batch, d_vocab])` method (as `CircuitTask.metric`), so only those logits are needed."""
+    return isinstance(getattr(metric, "positions", None), Tensor) and callable(getattr(metric, "at_positions", None))
+
+
+def check_positions_are_real(metric: Metric, mask: Tensor | None) -> bool:
+    """For a metric that names its positions: ValueError if one is padding; True when it was checked this way."""
+    if not reads_positions(metric):
+        return False  # a full-logits metric is checked on its logits (check_metric_ignores_padding)
+    if mask is not None:
+        positions = metric.positions.to(mask.device)
+        if positions.shape != (mask.shape[0],) or not bool(mask[torch.arange(mask.shape[0], device=mask.device),
+                                                                  positions].all()):
+            raise ValueError("The metric reads positions that are padding (attention_mask is 0 there); each row's "
+                             "position must be a real token, e.g. its last one, attention_mask.sum(-1) - 1.")
+    return True
+
+
+def block_metrics(model: HookedTransformer, metric: Metric, input: Tensor, n_blocks: int, padding: Tensor | None = None,
+                  **forward_kwargs: Any) -> list[float]:
+    """The metric of each of `n_blocks` equal blocks of rows of `model(input, **forward_kwargs)`. A metric that
+    names its positions (`reads_positions`) gets only the logits there, `[batch, d_vocab]`: ln_final runs on the
+    whole stream (its hooks see what they always see), the unembedding on those rows only. Otherwise the
+    metric gets each block's `[batch, pos, d_vocab]` logits (and `padding`, given, checks the first block)."""
+    if reads_positions(metric):
+        resid = model(input, stop_at_layer=model.cfg.n_layers, **forward_kwargs)
+        normalized = model.ln_final(resid)
+        rows = resid.shape[0]
+        where = metric.positions.to(resid.device).repeat(n_blocks)
+        logits = model._unembed(normalized[torch.arange(rows, device=resid.device), where])
+        score = metric.at_positions
+    else:
+        logits = model(input, **forward_kwargs)
+        if padding is not None:
+            check_metric_ignores_padding(metric, logits[:rows_per(logits, n_blocks)], padding)
+        score = metric
+    batch = rows_per(logits, n_blocks)
+    return [float(scalar_metric(score, logits[i * batch:(i + 1) * batch])) for i in range(n_blocks)]
+
+
+def rows_per(logits: Tensor, n_blocks: int) -> int:
+    return logits.shape[0] // n_blocks
 
 
 @torch.no_grad()
@@ -366,9 +410,8 @@ def single_edge_metrics(model: HookedTransformer, graph: Graph, base: CleanRun, 
     batch, k = base.tokens.shape[0], len(chunk)
     mask = None if base.mask is None else base.mask.repeat(k, 1)
     with torch.no_grad(), model.hooks([*hooks, *fns.items()]):
-        logits = model(resid, start_at_layer=layer, attention_mask=mask)
-    return torch.tensor([float(scalar_metric(metric, logits[i * batch:(i + 1) * batch])) for i in range(k)],
-                        dtype=torch.float64)
+        values = block_metrics(model, metric, resid, k, start_at_layer=layer, attention_mask=mask)
+    return torch.tensor(values, dtype=torch.float64)
 
 
 # ----- a linear model: frozen patterns, norm scales and MLP gains ------------------------------------------------
