@@ -12,7 +12,8 @@ import families
 from interp import HookedTransformer
 from interp.analysis.circuit_task import CircuitTask, induction_task
 from interp.analysis.edge_attribution import eap, eap_ig, edge_ig
-from interp.analysis.edge_patching import evaluate_circuits, exact_edge_scores, frozen_hooks, sender_outputs
+from interp.analysis.edge_patching import evaluate_circuits, exact_edge_scores, sender_outputs
+from interp.analysis.frozen import frozen_hooks
 from interp.analysis.graph import Circuit, Graph
 
 

@@ -9,8 +9,8 @@ import families
 from interp import HookedTransformer
 from interp.analysis.circuit_task import induction_task
 from interp.analysis.edge_attribution import eap
-from interp.analysis.edge_patching import (evaluate_circuits, exact_edge_scores, frozen_hooks, mean_outputs,
-                                           sender_outputs)
+from interp.analysis.edge_patching import evaluate_circuits, exact_edge_scores, mean_outputs, sender_outputs
+from interp.analysis.frozen import frozen_hooks
 from interp.analysis.graph import Circuit, Graph
 from interp.components.blocks import set_ungrouped
 from interp.cli import main

@@ -4,7 +4,7 @@
   score(s -> r) = (patch_s − out_s) · ∂m/∂input_r, the gradient on the clean run. Cost: two forwards for the
   senders' outputs (corrupted and clean), one forward-and-backward (and one forward to check the metric
   against padding, when there is padding). Exact when the model is affine in input_r along the patch
-  (test it with `frozen_hooks`, which freeze patterns, norm scales and MLP gains).
+  (test it with `interp.analysis.frozen.frozen_hooks`, which freeze patterns, norm scales and MLP gains).
 - **EAP-IG** (Hanna et al. 2024, "Have Faith in Faithfulness"; MIB's EAP-IG-inputs): the gradient averaged
   over `steps` runs whose input embeddings are interpolated from the patch's (corrupted) to the clean ones,
   at α = k / steps, k = 0 .. steps − 1 (MIB's points). Cost: steps forwards-and-backwards.

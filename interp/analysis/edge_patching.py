@@ -407,56 +407,8 @@ def single_edge_metrics(model: HookedTransformer, graph: Graph, base: CleanRun, 
                         metric: Metric, hooks: HookList) -> Float[Tensor, "k"]:
     """m(every edge but e) for each edge e of `chunk` (all into receivers of `layer`)."""
     resid, fns = single_edge_inputs(graph, base, delta, chunk, layer)
-    batch, k = base.tokens.shape[0], len(chunk)
+    k = len(chunk)
     mask = None if base.mask is None else base.mask.repeat(k, 1)
     with torch.no_grad(), model.hooks([*hooks, *fns.items()]):
         values = block_metrics(model, metric, resid, k, start_at_layer=layer, attention_mask=mask)
     return torch.tensor(values, dtype=torch.float64)
-
-
-# ----- a linear model: frozen patterns, norm scales and MLP gains ------------------------------------------------
-def frozen_hooks(model: HookedTransformer, tokens: Tokens, attention_mask: Tensor | None = None) -> HookList:
-    """Hooks that freeze, at their values on `tokens`, every attention pattern, every norm scale and every MLP
-    neuron's gain (act(pre)/pre; a gated MLP's act(gate)), so that the model is affine in every receiver's
-    input and a linear metric's edge effects are exactly EAP's. The hooks accept any multiple of the batch
-    (circuit or edge rows), and the heads axis of split q/k/v inputs."""
-    tokens, mask = model.tokens_and_mask(tokens, attention_mask)
-    points = [name for name in model.hook_dict if name.endswith(("attn.hook_pattern", "hook_scale", "mlp.hook_pre",
-                                                                 "mlp.hook_post", "mlp.hook_pre_linear"))]
-    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=points)
-    gated = any(name.endswith("hook_pre_linear") for name in points)
-    saved: dict[str, Tensor] = {name: cache[name].detach() for name in points if not name.endswith("hook_pre_linear")}
-    current: dict[str, Tensor] = {}
-
-    def tiled(value: Tensor, like: Tensor) -> Tensor:
-        if like.ndim == value.ndim + 1:  # a split input's heads axis, before the last
-            value = value.unsqueeze(-2)
-        copies = like.shape[0] // value.shape[0]
-        return value.repeat(copies, *([1] * (value.ndim - 1))).expand_as(like)
-
-    def freeze(name: str) -> Callable:
-        return lambda x, hook: tiled(saved[name], x)
-
-    def remember(name: str) -> Callable:
-        def fn(x: Tensor, hook: HookPoint) -> None:
-            current[name] = x
-        return fn
-
-    def linear_post(layer: int) -> Callable:
-        prefix = f"blocks.{layer}.mlp."
-        if gated:  # act(gate) * linear: the gate's activation frozen
-            gate = model.blocks[layer].mlp.activation(saved[prefix + "hook_pre"])
-            return lambda x, hook: current[prefix + "hook_pre_linear"] * tiled(gate, x)
-        pre, post = saved[prefix + "hook_pre"], saved[prefix + "hook_post"]
-        gain = torch.where(pre == 0, torch.zeros_like(pre), post / torch.where(pre == 0, torch.ones_like(pre), pre))
-        return lambda x, hook: current[prefix + "hook_pre"] * tiled(gain, x)
-
-    hooks: list[tuple[str, Callable]] = []
-    for name in points:
-        if name.endswith(("attn.hook_pattern", "hook_scale")):
-            hooks.append((name, freeze(name)))
-    for layer in range(model.cfg.n_layers):
-        prefix = f"blocks.{layer}.mlp."
-        hooks.append((prefix + ("hook_pre_linear" if gated else "hook_pre"), remember(prefix + ("hook_pre_linear" if gated else "hook_pre"))))
-        hooks.append((prefix + "hook_post", linear_post(layer)))
-    return hooks
