@@ -104,3 +104,37 @@ def test_the_cli_accepts_task_induction(tmp_path, capsys):
                  "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "interp-toy" / "induction" / "graph_eap.json").is_file()
+
+
+def test_second_review_fixes():
+    """interp.tl unembed hooks force the full-logits path; numpy/torch integers for top_k; a metric for another
+    batch size names the mismatch; in_batches refuses a search."""
+    import numpy as np
+    import pytest
+
+    from interp.analysis.circuit_search import greedy_circuit
+    from interp.analysis.circuit_task import in_batches
+    from interp.tl import HookedTransformer as TLModel
+
+    model = TLModel.from_pretrained("interp-toy")
+    task = induction_task(model, 3, n_random=5, n_repeat=3)
+    graph = Graph.from_model(model)
+    patch = sender_outputs(model, graph, task.corrupted)
+    double_last = [("unembed.hook_in", lambda x, hook: torch.cat([x[:, :-1], 2 * x[:, -1:]], 1))]
+    plain = lambda logits: task.metric(logits)  # noqa: E731  (the full-logits path)
+    fast, full = (float(evaluate_circuits(model, Circuit.full(graph), task.clean, patch, metric, hooks=double_last))
+                  for metric in (task.metric, plain))
+    assert fast == pytest.approx(full, abs=1e-5)
+    with torch.no_grad():
+        unhooked = float(task.metric(model(task.clean)))
+    assert abs(full - unhooked) > 1e-2  # the hook matters, so the check above means something
+
+    scored = Circuit.full(graph, torch.arange(graph.n_edges, dtype=torch.float64))
+    assert scored.top_k(np.int64(5), prune=False).n_edges == scored.top_k(torch.tensor(5), prune=False).n_edges == 5
+    with pytest.raises(ValueError, match="k must be an integer"):
+        scored.top_k(True)
+    other = induction_task(model, 2, n_random=5, n_repeat=3).metric
+    with pytest.raises(ValueError, match="one per row"):
+        exact_edge_scores(model, task.clean, task.corrupted, other, progress=False)
+    with pytest.raises(ValueError, match="not searches"):
+        in_batches(greedy_circuit, model, task, 2, progress=False)

@@ -197,7 +197,7 @@ def in_batches(score: Callable[..., Circuit], model: HookedTransformer, task: Ci
     for start in range(0, len(task), batch_size):
         part = task.subset(slice(start, start + batch_size))
         scored = score(model, **part.inputs(), **kwargs)
-        if scored.scores is None:
+        if scored.scores is None or not bool(scored.in_graph.all()):
             raise ValueError(f"{getattr(score, '__name__', score)} returned no scores; in_batches averages edge scores "
                              "(eap, eap_ig, edge_ig, exact_edge_scores), not searches.")
         weighted = scored.scores * (len(part) / len(task))

@@ -304,21 +304,30 @@ def check_positions_are_real(metric: Metric, mask: Tensor | None) -> bool:
     if not reads_positions(metric):
         return False  # a full-logits metric is checked on its logits (check_metric_ignores_padding)
     if mask is not None:
+        check_positions_shape(metric, mask.shape[0])
         positions = metric.positions.to(mask.device)
-        if positions.shape != (mask.shape[0],) or not bool(mask[torch.arange(mask.shape[0], device=mask.device),
-                                                                  positions].all()):
+        if not bool(mask[torch.arange(mask.shape[0], device=mask.device), positions].all()):
             raise ValueError("The metric reads positions that are padding (attention_mask is 0 there); each row's "
                              "position must be a real token, e.g. its last one, attention_mask.sum(-1) - 1.")
     return True
+
+
+def check_positions_shape(metric: Metric, batch: int) -> None:
+    if tuple(metric.positions.shape) != (batch,):
+        raise ValueError(f"The metric names {tuple(metric.positions.shape)} positions for a batch of {batch} rows; it "
+                         f"must name one per row (a metric built for these prompts, e.g. this task's task.metric).")
 
 
 def block_metrics(model: HookedTransformer, metric: Metric, input: Tensor, n_blocks: int, padding: Tensor | None = None,
                   **forward_kwargs: Any) -> list[float]:
     """The metric of each of `n_blocks` equal blocks of rows of `model(input, **forward_kwargs)`. A metric that
     names its positions (`reads_positions`) gets only the logits there, `[batch, d_vocab]`: ln_final runs on the
-    whole stream (its hooks see what they always see), the unembedding on those rows only. Otherwise the
-    metric gets each block's `[batch, pos, d_vocab]` logits (and `padding`, given, checks the first block)."""
-    if reads_positions(metric):
+    whole stream (its hooks see what they always see), the unembedding on those rows only, unless a hook is on a
+    point after ln_final (interp.tl's `unembed.hook_in`/`hook_out`, which must see every position). Otherwise
+    the metric gets each block's `[batch, pos, d_vocab]` logits (and `padding`, given, checks the first block)."""
+    after_norm = any(point.has_hooks for name, point in model.hook_dict.items() if name.startswith("unembed."))
+    if reads_positions(metric) and not after_norm:
+        check_positions_shape(metric, input.shape[0] // n_blocks)
         resid = model(input, stop_at_layer=model.cfg.n_layers, **forward_kwargs)
         normalized = model.ln_final(resid)
         rows = resid.shape[0]

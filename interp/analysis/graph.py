@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import operator
 import os
 import re
 from collections.abc import Sequence
@@ -263,8 +264,12 @@ class Circuit:
     def top_k(self, k: int, absolute: bool = True, prune: bool = True) -> Circuit:
         """The k highest-scoring edges (by |score| when `absolute`), then (`prune`) only those on some path
         from `input` to `logits` inside the chosen set, as MIB's apply_topn + prune do (so it may keep fewer)."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= self.graph.n_edges:
-            raise ValueError(f"k must be between 0 and the number of edges, {self.graph.n_edges}; got {k}.")
+        try:
+            k = operator.index(k) if not isinstance(k, bool) else None  # int, numpy or 0-dim torch integers
+        except TypeError:
+            k = None
+        if k is None or not 0 <= k <= self.graph.n_edges:
+            raise ValueError(f"k must be an integer between 0 and the number of edges, {self.graph.n_edges}.")
         in_graph = torch.zeros(self.graph.n_edges, dtype=torch.bool)
         in_graph[self._ranked(absolute)[:k]] = True
         chosen = self.with_edges(in_graph, method=f"{self.method} top-{k}".strip())
