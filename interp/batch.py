@@ -156,14 +156,20 @@ def _unit_path(folder: Path, unit: int) -> Path:
     return folder / "units" / f"{unit:05d}.json"
 
 
-def read_unit(path: Path, identity: str, unit: int) -> ScoreSums:
-    """A unit's totals; ValueError naming the file if it is damaged or belongs to another run or unit."""
-    data = files.read_json(path, "unit", UNIT_FIX)
+def unit_of_run(path: Path, identity: str, damaged_fix: str, other_run_fix: str) -> dict[str, Any]:
+    """A unit file's JSON object; ValueError naming the file if it is unreadable or stamped with another run id."""
+    data = files.read_json(path, "unit", damaged_fix)
     found = data.get("run_id") if isinstance(data, dict) else None
     if found != identity:
         raise ValueError(f"The unit file {path} belongs to another run (run id {str(found)[:12]}…, this run is "
-                         f"{identity[:12]}…), so it is never merged; use a new --out, or run without --resume "
-                         "(with --overwrite if the folder holds that other run) to start over.")
+                         f"{identity[:12]}…), so it is never used; {other_run_fix}.")
+    return data
+
+
+def read_unit(path: Path, identity: str, unit: int) -> ScoreSums:
+    """A unit's totals; ValueError naming the file if it is damaged or belongs to another run or unit."""
+    data = unit_of_run(path, identity, UNIT_FIX, "use a new --out, or run without --resume (with --overwrite if the "
+                                                 "folder holds that other run) to start over")
     if data.get("unit") != unit:
         raise ValueError(f"The unit file {path} holds unit {data.get('unit')}, not {unit}; {UNIT_FIX}.")
     try:

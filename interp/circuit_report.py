@@ -230,11 +230,7 @@ def _unit_path(folder: Path, method: str) -> Path:
 
 
 def read_unit(path: Path, identity: str, graph: Graph) -> MethodResult:
-    data = files.read_json(path, "unit", UNIT_FIX)
-    found = data.get("run_id") if isinstance(data, dict) else None
-    if found != identity:
-        raise ValueError(f"The unit file {path} belongs to another run (run id {str(found)[:12]}…, this run is "
-                         f"{identity[:12]}…), so it is never used; {REPLACE_FIX}.")
+    data = batch.unit_of_run(path, identity, UNIT_FIX, REPLACE_FIX)
     try:
         return MethodResult.from_dict(graph, data)
     except (KeyError, TypeError, ValueError, IndexError):

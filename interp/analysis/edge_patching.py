@@ -97,7 +97,13 @@ def sender_outputs(model: HookedTransformer, graph: Graph, tokens: Tokens, atten
     check_graph(model, graph)
     tokens, mask = model.tokens_and_mask(tokens, attention_mask)
     out: list[Tensor] = [None] * len(graph.senders)  # type: ignore[list-item]
+    with model.hooks([*hooks, *sender_recorders(graph, out)]):
+        model(tokens, attention_mask=mask, return_type=None)
+    return torch.stack(out)
 
+
+def sender_recorders(graph: Graph, out: list[Tensor]) -> list[tuple[str, Callable]]:
+    """Hooks that fill `out` (one entry per sender, `[batch, pos, d_model]`) with the senders' outputs."""
     def keep_input(x: Tensor, hook: HookPoint) -> None:
         out[0] = x.detach().clone()
 
@@ -115,9 +121,7 @@ def sender_outputs(model: HookedTransformer, graph: Graph, tokens: Tokens, atten
     for layer in range(graph.n_layers):
         recorders += [(f"blocks.{layer}.attn.hook_result", keep_heads(layer)),
                       (f"blocks.{layer}.hook_mlp_out", keep_mlp(layer))]
-    with model.hooks([*hooks, *recorders]):
-        model(tokens, attention_mask=mask, return_type=None)
-    return torch.stack(out)
+    return recorders
 
 
 # ----- evaluating circuits ------------------------------------------------------------------------------------
@@ -243,10 +247,11 @@ class CleanRun:
         def keep(x: Tensor, hook: HookPoint) -> None:
             stream[hook.name] = x.detach().clone()
 
-        with torch.no_grad(), model.hooks([*hooks, *[(n, keep) for n in names]]):
+        outputs: list[Tensor] = [None] * len(graph.senders)  # type: ignore[list-item]
+        with torch.no_grad(), model.hooks([*hooks, *[(n, keep) for n in names], *sender_recorders(graph, outputs)]):
             (self.metric,) = block_metrics(model, metric, tokens, 1, attention_mask=mask)
         self.resid = torch.stack([stream[n] for n in names])
-        self.outputs = sender_outputs(model, graph, tokens, mask, hooks)
+        self.outputs = torch.stack(outputs)
 
 
 def exact_edge_scores(model: HookedTransformer, clean_tokens: Tokens, corrupted_tokens: Tokens | None, metric: Metric,
