@@ -23,7 +23,7 @@ Memory: the sender outputs are `[n_senders, batch, pos, d_model]` floats per run
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -264,17 +264,22 @@ def exact_edge_scores(model: HookedTransformer, clean_tokens: Tokens, corrupted_
     graph, base, delta = single_edge_setup(model, graph, clean_tokens, corrupted_tokens, patch, metric, attention_mask,
                                            hooks, edges_per_run)
     scores = torch.zeros(graph.n_edges, dtype=torch.float64)
-    layer_of = graph.receiver_layer()[graph.edge_receiver]
     bar = tqdm(total=graph.n_edges, desc="exact edge patching", unit="edge", disable=not progress)
+    for layer, chunk in edge_chunks(graph, edges_per_run):
+        scores[chunk] = single_edge_metrics(model, graph, base, delta, chunk, layer, metric, hooks) - base.metric
+        bar.update(len(chunk))
+    bar.close()
+    return Circuit.full(graph, scores, method="exact")
+
+
+def edge_chunks(graph: Graph, edges_per_run: int) -> Iterator[tuple[int, Int[Tensor, "k"]]]:
+    """(receiver layer, up to `edges_per_run` edge indices into it) for every edge, layer by layer (n_layers:
+    the logits): the batches of the one-edge-at-a-time runs, each starting at its receivers' block."""
+    layer_of = graph.receiver_layer()[graph.edge_receiver]
     for layer in range(graph.n_layers + 1):
         edges = (layer_of == layer).nonzero()[:, 0]
         for start in range(0, len(edges), edges_per_run):
-            chunk = edges[start:start + edges_per_run]
-            metrics = single_edge_metrics(model, graph, base, delta, chunk, layer, metric, hooks)
-            scores[chunk] = metrics - base.metric
-            bar.update(len(chunk))
-    bar.close()
-    return Circuit.full(graph, scores, method="exact")
+            yield layer, edges[start:start + edges_per_run]
 
 
 def patch_inputs(model: HookedTransformer, graph: Graph, clean_tokens: Tokens, corrupted_tokens: Tokens | None,

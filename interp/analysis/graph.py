@@ -121,10 +121,6 @@ class Graph:
             object.__setattr__(self, "_lookup_table", cached)
         return cached
 
-    def sender_layer(self) -> Int[Tensor, "n_senders"]:
-        """The block each sender is in (-1 for `input`)."""
-        return torch.tensor([-1] + [int(name[1:].split(".")[0]) for name in self.senders[1:]])
-
     def receiver_layer(self) -> Int[Tensor, "n_receivers"]:
         """The block each receiver reads in (n_layers for `logits`)."""
         return torch.tensor([int(name[1:].split(".")[0].split("<")[0]) for name in self.receivers[:-1]] + [self.n_layers])
