@@ -60,22 +60,13 @@ DESCRIPTION = {"eap": "EAP: gradient estimate of each edge's patching effect (Sy
                "exact": "exact single-edge patching: one forward per edge",
                "greedy": "greedy exact search (ACDC, Conmy et al. 2023): score = metric change when removed"}
 Scorer = Callable[[HookedTransformer, CircuitTask, int, bool, "int | None"], Circuit]
-
-
-def _scored(score: Callable[..., Circuit], batch_size: int | None) -> Callable[..., Circuit]:
-    """`score(model, **task.inputs(), ...)` on all pairs at once, or averaged over batches of `batch_size` pairs."""
-    def run(model: HookedTransformer, task: CircuitTask, **kwargs: Any) -> Circuit:
-        if batch_size is None or batch_size >= len(task):
-            return score(model, **task.inputs(), **kwargs)
-        return in_batches(score, model, task, batch_size, **kwargs)
-    return run
-
-
 SCORERS: dict[str, Scorer] = {  # (model, scoring pairs, steps, progress, batch size) -> every edge scored
-    "eap": lambda model, task, steps, progress, size: _scored(eap, size)(model, task),
-    "eap-ig": lambda model, task, steps, progress, size: _scored(eap_ig, size)(model, task, steps=steps,
-                                                                               progress=progress),
-    "exact": lambda model, task, steps, progress, size: _scored(exact_edge_scores, size)(model, task, progress=progress),
+    # in_batches with one batch of every pair is the plain call (its weight is 1)
+    "eap": lambda model, task, steps, progress, size: in_batches(eap, model, task, size or len(task)),
+    "eap-ig": lambda model, task, steps, progress, size: in_batches(eap_ig, model, task, size or len(task),
+                                                                     steps=steps, progress=progress),
+    "exact": lambda model, task, steps, progress, size: in_batches(exact_edge_scores, model, task, size or len(task),
+                                                                    progress=progress),
     "greedy": lambda model, task, steps, progress, size: greedy_circuit(model, **task.inputs(), progress=progress),
 }
 
@@ -214,11 +205,15 @@ def score_method(model: HookedTransformer, method: str, scoring: CircuitTask, he
             fraction = next((f for f, v in zip(selection.fractions, selection.faithfulness) if v >= FAITHFUL), 1.0)
             chosen_by = f"the smallest MIB fraction reaching faithfulness {FAITHFUL} on the scoring pairs"
         chosen = scored.top_fraction(fraction)
-    clean, mask, patch = patch_inputs(model, scored.graph, held_out.clean, held_out.corrupted, None,
-                                      held_out.attention_mask, ())
-    value = float(evaluate_circuits(model, chosen, clean, patch, held_out.metric, attention_mask=mask))
+    if method != "greedy" and fraction in curve.fractions:  # the held-out curve has measured this circuit already
+        held_out_faithfulness = curve.faithfulness[curve.fractions.index(fraction)]
+    else:
+        clean, mask, patch = patch_inputs(model, scored.graph, held_out.clean, held_out.corrupted, None,
+                                          held_out.attention_mask, ())
+        value = float(evaluate_circuits(model, chosen, clean, patch, held_out.metric, attention_mask=mask))
+        held_out_faithfulness = faithfulness(value, curve.clean, curve.corrupted)
     result = MethodResult(method, Circuit(scored.graph, scored.scores.double(), chosen.in_graph, scored.method),
-                          fraction, chosen_by, faithfulness(value, curve.clean, curve.corrupted), curve, seconds)
+                          fraction, chosen_by, held_out_faithfulness, curve, seconds)
     if not all(math.isfinite(v) for v in (result.faithfulness, *curve.faithfulness)):
         raise ValueError(f"Non-finite faithfulness for {method}: {curve.faithfulness}; nothing was written for it.")
     return result

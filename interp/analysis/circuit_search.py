@@ -87,7 +87,7 @@ def faithfulness_curve(model: HookedTransformer, scores: Circuit, clean_tokens: 
     graph = scores.graph
     clean, mask, patch = patch_inputs(model, graph, clean_tokens, corrupted_tokens, patch, attention_mask, hooks)
     circuits = [scores.top_fraction(f) for f in fractions]
-    ends = [Circuit.full(graph), Circuit(graph, None, torch.zeros(graph.n_edges, dtype=torch.bool))]
+    ends = [Circuit.full(graph), Circuit.empty(graph)]
     values = evaluate_circuits(model, ends + circuits, clean, patch, metric, attention_mask=mask, hooks=hooks,
                                chunk_size=chunk_size, progress=progress).tolist()
     m_clean, m_corrupted, rest = values[0], values[1], values[2:]
@@ -110,8 +110,7 @@ def greedy_circuit(model: HookedTransformer, clean_tokens: Tokens, corrupted_tok
     def value(circuit: Circuit) -> float:
         return float(evaluate_circuits(model, circuit, clean, patch, metric, attention_mask=mask, hooks=hooks))
 
-    full, empty = Circuit.full(graph), Circuit(graph, None, torch.zeros(graph.n_edges, dtype=torch.bool))
-    current, m_corrupted = value(full), value(empty)
+    current, m_corrupted = value(Circuit.full(graph)), value(Circuit.empty(graph))
     tolerance = threshold * abs(current - m_corrupted)
     keep = torch.ones(graph.n_edges, dtype=torch.bool)
     tried = torch.zeros(graph.n_edges, dtype=torch.float64)

@@ -201,6 +201,11 @@ class Circuit:
         return cls(graph, scores, torch.ones(graph.n_edges, dtype=torch.bool), method)
 
     @classmethod
+    def empty(cls, graph: Graph) -> Circuit:
+        """No edge kept: every receiver reads only patched senders (the corrupted run, for a corrupted patch)."""
+        return cls(graph, None, torch.zeros(graph.n_edges, dtype=torch.bool))
+
+    @classmethod
     def from_edges(cls, graph: Graph, edges: Sequence[str], scores: Tensor | None = None) -> Circuit:
         """The circuit of the named edges."""
         in_graph = torch.zeros(graph.n_edges, dtype=torch.bool)
