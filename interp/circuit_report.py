@@ -44,7 +44,8 @@ from interp.analysis.graph import Circuit, Graph
 from interp.display import format_number, plural
 from interp.model import HookedTransformer
 from interp.report import package_versions, weights_sha256
-from interp.viz_circuit import circuit_section, circuit_svg, faithfulness_png, faithfulness_table, html_page, png_img
+from interp.viz import png_img
+from interp.viz_circuit import circuit_section, circuit_svg, faithfulness_png, faithfulness_table, html_page
 
 METHODS = ("eap", "eap-ig", "exact", "greedy")
 DEFAULT_METHODS = ("eap", "eap-ig", "exact")

@@ -25,7 +25,6 @@ tokens: under 0.1 MB).
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import html
@@ -296,10 +295,7 @@ def _heatmap(table: torch.Tensor, name: str, outline: list[tuple[int, int]]) -> 
         png = viz.score_heatmap_png(table, title, label=f"{title} score", signed=False, vmax=1.0, outline=outline)
     except ImportError:
         return viz.score_heatmap_html(table, title, signed=False, vmax=1.0)
-    width, height = viz.png_css_size(png)
-    encoded = base64.b64encode(png).decode("ascii")
-    return (f'<img alt="{html.escape(title)} scores, layers by heads" width="{width}" height="{height}" '
-            f'src="data:image/png;base64,{encoded}">')
+    return viz.png_img(png, f"{title} scores, layers by heads")
 
 
 def to_html(report: HeadScoreReport, top_k: int = 5) -> str:
@@ -347,10 +343,7 @@ def to_html(report: HeadScoreReport, top_k: int = 5) -> str:
              "color:#555;border:1px dashed #aaa;font-size:1.2em}.map p{max-width:420px}"
              "table{border-collapse:collapse;margin-top:.5em}td,th{border:1px solid #ccc;padding:2px 8px}"
              "pre{background:#f6f6f6;padding:1em;overflow:auto;white-space:pre-wrap}")
-    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>Head scores: {escape(report.model_id)}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    return viz.html_page(f"Head scores: {report.model_id}", "".join(parts), style)
 
 
 def check_formats(formats: tuple[str, ...]) -> None:

@@ -19,6 +19,8 @@ them at 100 CSS px per inch (`png_css_size`).
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import math
 import struct
@@ -242,6 +244,20 @@ def png_css_size(png: bytes) -> tuple[int, int]:
     """(width, height) in CSS pixels at which to show a PNG of this module: half its pixels (2x)."""
     width, height = struct.unpack(">II", png[16:24])
     return round(width * 100 / PNG_DPI), round(height * 100 / PNG_DPI)
+
+
+def png_img(png: bytes, alt: str) -> str:
+    """An `<img>` embedding a PNG of this module inline (base64), shown at `png_css_size`."""
+    width, height = png_css_size(png)
+    return (f'<img alt="{html.escape(alt)}" width="{width}" height="{height}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
+
+
+def html_page(title: str, body: str, style: str) -> str:
+    """A self-contained HTML page: inline `style`, no scripts of its own, nothing loaded from the network."""
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body>{body}</body></html>\n")
 
 
 def score_heatmap_html(scores: Float[Tensor, "layer head"], title: str, *, signed: bool | None = None,

@@ -11,15 +11,14 @@ MLP one level higher in a sequential block (it reads the heads' output) and at t
 one (it reads the same stream). Only the circuit's nodes are drawn (those of the `max_edges` drawn edges when
 it has more). An edge runs upward from its sender's top to the receiving node, passing the rows in between
 through the gaps between their nodes; it enters a head at one of three ports, q (solid line), k (dashed) or
-v (dotted); a grouped-query kv channel (`a1.kv1<k>`) is drawn to every query head of its group
-(`Graph.receiver_nodes`). Width ∝ |score| (the widest is the largest |score| drawn; none thinner than
+v (dotted); a grouped-query kv channel (`a1.kv1<k>`) is drawn to each query head of its group that is in the
+circuit (`Circuit.nodes`). Width ∝ |score| (the widest is the largest |score| drawn; none thinner than
 MIN_WIDTH px, so every edge stays visible); colour = sign, in the package's diverging convention
 (`interp.display`): red +, blue −.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from interp.analysis.graph import Circuit
 from interp.display import format_number
+from interp import viz
 
 if TYPE_CHECKING:
     from interp.analysis.circuit_search import FaithfulnessCurve
@@ -73,10 +73,7 @@ def _positions(circuit: Circuit, nodes: Sequence[str]) -> tuple[dict[str, tuple[
 
 def _drawn_edges(circuit: Circuit, max_edges: int) -> list[int]:
     """Indices of the circuit's edges to draw: the `max_edges` largest |score|, smallest first (drawn under)."""
-    chosen = circuit.in_graph.nonzero()[:, 0]
-    if circuit.scores is not None:
-        chosen = chosen[circuit.scores[chosen].abs().argsort(descending=True, stable=True)]
-    return chosen[:max_edges].flip(0).tolist()
+    return circuit.ranked()[:max_edges].flip(0).tolist()
 
 
 def circuit_svg(circuit: Circuit, max_edges: int = 60) -> str:
@@ -205,10 +202,8 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto
 
 
 def html_page(title: str, body: str) -> str:
-    """A self-contained HTML page (inline style, no scripts, nothing loaded from the network)."""
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+    """A self-contained page in this module's style (`interp.viz.html_page`)."""
+    return viz.html_page(title, body, STYLE)
 
 
 def inline_svg(svg: str) -> str:
@@ -241,15 +236,6 @@ def circuit_html(circuit: Circuit, title: str, extra_html: str = "") -> str:
                                                                                  extra_html=extra_html))
 
 
-def png_img(png: bytes, alt: str) -> str:
-    """An `<img>` embedding a PNG of `interp.viz` resolution (shown at half its pixels)."""
-    from interp import viz
-
-    width, height = viz.png_css_size(png)
-    return (f'<img alt="{html.escape(alt)}" width="{width}" height="{height}" '
-            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
-
-
 # ----- faithfulness curves -----------------------------------------------------------------------
 def faithfulness_table(curves: Sequence[FaithfulnessCurve]) -> str:
     """The curves as an HTML table (methods by fractions of edges), for use without matplotlib."""
@@ -262,8 +248,6 @@ def faithfulness_table(curves: Sequence[FaithfulnessCurve]) -> str:
 def faithfulness_png(curves: Sequence[FaithfulnessCurve], title: str = "") -> bytes:
     """Faithfulness against the fraction of edges kept (log axis, 0.1 % to 100 %), one line per method, with the
     0 (corrupted run) and 1 (full model) lines; the legend gives each method's CPR and CMD. PNG at `viz.PNG_DPI`."""
-    from interp import viz
-
     viz._require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

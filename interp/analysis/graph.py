@@ -220,10 +220,14 @@ class Circuit:
     @property
     def edges(self) -> list[str]:
         """The circuit's edge names, by |score| (descending) when scored, else in graph order."""
+        return [self.graph.edges[i] for i in self.ranked().tolist()]
+
+    def ranked(self) -> Int[Tensor, "k"]:
+        """Indices of the circuit's edges, by |score| (descending, ties in graph order) when scored."""
         chosen = self.in_graph.nonzero()[:, 0]
         if self.scores is not None:
             chosen = chosen[self.scores[chosen].abs().argsort(descending=True, stable=True)]
-        return [self.graph.edges[i] for i in chosen.tolist()]
+        return chosen
 
     def score(self, edge: str) -> float:
         if self.scores is None:
