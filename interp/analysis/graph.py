@@ -258,7 +258,7 @@ class Circuit:
         return Circuit(self.graph, self.scores, in_graph, self.method if method is None else method)
 
     # ----- circuits from scores ------------------------------------------------------------------------
-    def _ranked(self, absolute: bool) -> Tensor:
+    def _by_score(self, absolute: bool) -> Tensor:
         if self.scores is None:
             raise ValueError("This circuit has no scores; score it first (eap, eap_ig or exact_edge_scores).")
         if not torch.isfinite(self.scores).all():
@@ -276,7 +276,7 @@ class Circuit:
         if k is None or not 0 <= k <= self.graph.n_edges:
             raise ValueError(f"k must be an integer between 0 and the number of edges, {self.graph.n_edges}.")
         in_graph = torch.zeros(self.graph.n_edges, dtype=torch.bool)
-        in_graph[self._ranked(absolute)[:k]] = True
+        in_graph[self._by_score(absolute)[:k]] = True
         chosen = self.with_edges(in_graph, method=f"{self.method} top-{k}".strip())
         return chosen.pruned() if prune else chosen
 
